@@ -9,7 +9,11 @@ import sys
 from . import __version__
 
 # subcommand -> (module, one-line help). The module exposes add_arguments(parser) and run(args) -> int.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "dataset": ("confdiff.chem.data", "build conformer ensembles to train on (resumable)"),
+    "benchmark": ("confdiff.benchmark", "compare conformer generators: COV / MAT, bioactive recovery, speed"),
+    "image": ("confdiff.images", "train, sample and score image diffusion models (digits, IDX files)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

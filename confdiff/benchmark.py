@@ -1,0 +1,432 @@
+"""``confdiff benchmark``: conformer generators side by side on reference ensembles or crystal poses.
+
+Ensemble mode (the GEOM protocol, Ganea et al. 2021; Jing et al. 2022): reference conformers are
+grouped by molecule (the ``mol_id`` property, else the canonical SMILES); every method makes 2K
+conformers for a molecule with K references (or reads them from a file), and COV-R, MAT-R, COV-P,
+MAT-P are reported as mean and median over molecules, with failures and conformers per CPU second.
+Bioactive mode (``--bioactive``): N conformers per crystal ligand, and the share of ligands whose
+smallest heavy-atom RMSD is within 0.5, 1.0 and 2.0 A, and the median smallest RMSD.
+
+When a ``file:`` method is given, only the molecules present in every such file are compared (for
+all methods alike): a file of published outputs often covers a subset of the references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import json
+import math
+import multiprocessing
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem, rdBase
+from rdkit.Chem import AllChem
+
+from .chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
+
+__all__ = [
+    "DEFAULT_SEED",
+    "FILE_PREFIX",
+    "METHODS",
+    "MethodUnavailable",
+    "add_arguments",
+    "generate_confdiff",
+    "generate_etkdg",
+    "generate_etkdg_mmff",
+    "run",
+]
+
+DEFAULT_SEED = 0xF00D
+FILE_PREFIX = "file:"
+BIOACTIVE_THRESHOLDS = (0.5, 1.0, 2.0)
+_CURVE_MAX, _CURVE_POINTS = 3.0, 61  # coverage curves on [0, 3] A
+
+
+class MethodUnavailable(RuntimeError):
+    """A method that cannot run here (e.g. no trained confdiff model); the reason is the message."""
+
+
+Generator = Callable[[Chem.Mol, int, int], Chem.Mol]
+"""(molecule with explicit Hs and no conformers, number of conformers, seed) -> molecule with conformers."""
+
+
+def generate_etkdg(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
+    """RDKit ETKDGv3 (Wang et al., J. Chem. Inf. Model. 60, 2044, 2020), one thread."""
+    # TODO(io/embed): replace with confdiff.chem.embed.embed_etkdg once it lands.
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    params.numThreads = 1
+    AllChem.EmbedMultipleConfs(mol, num_confs, params)
+    return mol
+
+
+def generate_etkdg_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
+    """ETKDGv3, then MMFF94 minimisation of every conformer (RDKit defaults, 200 iterations)."""
+    # TODO(relax): replace with confdiff.chem.relax.relax_mmff once it lands.
+    mol = generate_etkdg(mol, num_confs, seed)
+    if mol.GetNumConformers():
+        if not AllChem.MMFFHasAllMoleculeParams(mol):
+            raise MethodUnavailable("MMFF94 has no parameters for this molecule")
+        AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=1)
+    return mol
+
+
+@functools.cache
+def _confdiff_generator():
+    try:
+        from .conformers import ConformerGenerator
+    except ImportError as exc:
+        raise MethodUnavailable(f"confdiff.conformers.ConformerGenerator is not importable: {exc}") from exc
+    return ConformerGenerator()
+
+
+def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
+    """The package's diffusion model with its default checkpoint (loaded once per process)."""
+    return _confdiff_generator().generate(mol, num_confs, seed=seed)
+
+
+METHODS: dict[str, Generator] = {
+    "etkdg": generate_etkdg,
+    "etkdg-mmff": generate_etkdg_mmff,
+    "confdiff": generate_confdiff,
+}
+
+
+# --- reading ------------------------------------------------------------------------------------
+# TODO(io): replace _read_records with confdiff.chem.io.read_molecules once it lands.
+
+
+def _read_records(path: str) -> list[Chem.Mol]:
+    """All readable records of an SDF (``.sdf`` or ``.sdf.gz``), hydrogens kept; unreadable ones reported."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    mols, bad = [], 0
+    with opener(path, "rb") as handle, rdBase.BlockLogs():
+        for mol in Chem.ForwardSDMolSupplier(handle, removeHs=False):
+            if mol is None:
+                bad += 1
+            else:
+                mols.append(mol)
+    if bad:
+        print(f"benchmark: {path}: {bad} unreadable record(s) skipped", file=sys.stderr)
+    return mols
+
+
+def _molecule_key(mol: Chem.Mol) -> str:
+    """The molecule a record belongs to: its ``mol_id`` property, else its canonical SMILES."""
+    if mol.HasProp("mol_id"):
+        return mol.GetProp("mol_id")
+    return Chem.MolToSmiles(Chem.RemoveHs(mol))
+
+
+def _group(records: Iterable[Chem.Mol]) -> dict[str, list[Chem.Mol]]:
+    groups: dict[str, list[Chem.Mol]] = {}
+    for mol in records:
+        groups.setdefault(_molecule_key(mol), []).append(mol)
+    return groups
+
+
+def _template(records: Sequence[Chem.Mol]) -> Chem.Mol:
+    """A conformer-free copy of the group's most common graph (a broken record never wins)."""
+    graphs = [Chem.MolToSmiles(m) for m in records]
+    common = Counter(graphs).most_common(1)[0][0]
+    mol = Chem.Mol(records[graphs.index(common)])
+    mol.RemoveAllConformers()
+    for name in mol.GetPropNames():
+        mol.ClearProp(name)
+    return mol
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    method: str
+    key: str
+    template: Chem.Mol
+    reference: tuple[Chem.Mol, ...]
+    num_confs: int
+    seed: int
+    generated: tuple[Chem.Mol, ...] | None  # a file: method's conformers; None = generate
+
+    @property
+    def cost(self) -> int:
+        return len(self.reference) * self.num_confs
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    method: str
+    key: str
+    rmsd: np.ndarray | None  # (K, L), None on failure
+    num_generated: int
+    cpu_s: float | None  # generation CPU time; None for file: methods
+    error: str | None
+
+
+def _run_job(job: _Job) -> _Outcome:
+    start = time.process_time()
+    cpu_s, num_generated = None, 0
+    try:
+        if job.generated is None:
+            generated = METHODS[job.method](Chem.Mol(job.template), job.num_confs, job.seed)
+            cpu_s = time.process_time() - start
+            num_generated = generated.GetNumConformers()
+        else:
+            generated, num_generated = job.generated, sum(m.GetNumConformers() for m in job.generated)
+        if num_generated == 0:
+            return _Outcome(job.method, job.key, None, 0, cpu_s, "no conformers generated")
+        rmsd = rmsd_matrix(list(job.reference), generated)
+    except Exception as exc:  # noqa: BLE001 -- any failure of one molecule is recorded, the rest go on
+        return _Outcome(job.method, job.key, None, num_generated, cpu_s, f"{type(exc).__name__}: {exc}")
+    if np.isnan(rmsd).all():
+        return _Outcome(job.method, job.key, None, num_generated, cpu_s, "no generated conformer matches the reference")
+    return _Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None)
+
+
+def _run_jobs(jobs: list[_Job], num_workers: int) -> list[_Outcome]:
+    jobs = sorted(jobs, key=lambda j: -j.cost)  # largest first, for load balance
+    if num_workers <= 1:
+        outcomes = [_run_job(job) for job in jobs]
+    else:
+        with multiprocessing.get_context().Pool(num_workers) as pool:
+            outcomes = list(pool.imap_unordered(_run_job, jobs, chunksize=1))
+    failed: dict[tuple[str, str], list[str]] = {}
+    for o in outcomes:
+        if o.error:
+            failed.setdefault((o.method, o.error), []).append(o.key)
+    for (method, error), keys in failed.items():
+        shown = ", ".join(sorted(keys)[:5]) + (", ..." if len(keys) > 5 else "")
+        print(f"benchmark: {_display_name(method)}: {len(keys)} molecule(s) failed ({shown}): {error}", file=sys.stderr)
+    return outcomes
+
+
+def _file_conformers(spec: str) -> dict[str, list[Chem.Mol]]:
+    path = spec[len(FILE_PREFIX):]
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"method {spec!r}: no such file {path!r}")
+    return _group(_read_records(path))
+
+
+def _check_methods(methods: Sequence[str]) -> None:
+    for name in methods:
+        if not name.startswith(FILE_PREFIX) and name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)} or {FILE_PREFIX}PATH")
+    duplicates = [name for name, count in Counter(methods).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"method given more than once: {duplicates}")
+
+
+def _make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
+               num_confs: Callable[[int], int], seed: int) -> list[_Job]:
+    jobs = []
+    for key, records in molecules.items():
+        template = _template(records)
+        for method in methods:
+            generated = tuple(files[method][key]) if method in files else None
+            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated))
+    return jobs
+
+
+# --- summaries ----------------------------------------------------------------------------------
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _nan_stat(values: list[float], fn) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return _finite_or_none(float(fn(kept))) if kept else None
+
+
+def _speed(outcomes: list[_Outcome]) -> float | None:
+    cpu = [o.cpu_s for o in outcomes if o.cpu_s is not None]
+    if not cpu or sum(cpu) <= 0:
+        return None
+    return sum(o.num_generated for o in outcomes) / sum(cpu)
+
+
+def _ensemble_summary(outcomes: list[_Outcome], threshold: float, thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
+    rows, curves = [], []
+    for o in outcomes:
+        if o.rmsd is None:  # a failed molecule counts COV 0, and has no MAT
+            rows.append({"cov_r": 0.0, "mat_r": math.nan, "cov_p": 0.0, "mat_p": math.nan})
+            curves.append(np.zeros(len(thresholds)))
+        else:
+            rows.append(coverage_matching(o.rmsd, threshold))
+            curves.append(coverage_curve(o.rmsd, thresholds)["cov_r"])
+    summary = {}
+    for name in ("cov_r", "mat_r", "cov_p", "mat_p"):
+        values = [r[name] for r in rows]
+        summary[f"{name}_mean"] = _nan_stat(values, np.mean)
+        summary[f"{name}_median"] = _nan_stat(values, np.median)
+    summary["failures"] = sum(o.rmsd is None for o in outcomes)
+    summary["confs_per_cpu_s"] = _finite_or_none(_speed(outcomes))
+    return summary, np.mean(curves, axis=0)
+
+
+def _bioactive_summary(outcomes: list[_Outcome], thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
+    best = np.array([np.nanmin(o.rmsd) if o.rmsd is not None else math.inf for o in outcomes])
+    summary = {f"within_{t:.1f}".replace(".", "_"): float(np.mean(best <= t)) for t in BIOACTIVE_THRESHOLDS}
+    summary["median_min_rmsd"] = _finite_or_none(float(np.median(best))) if len(best) else None
+    summary["failures"] = int(np.sum(~np.isfinite(best)))
+    summary["confs_per_cpu_s"] = _finite_or_none(_speed(outcomes))
+    return summary, np.mean(best[None, :] <= thresholds[:, None], axis=1)
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+_HEADERS = {"cov_r_mean": "COV-R", "mat_r_mean": "MAT-R", "cov_p_mean": "COV-P", "mat_p_mean": "MAT-P",
+            "within_0_5": "<0.5A", "within_1_0": "<1.0A", "within_2_0": "<2.0A", "median_min_rmsd": "median",
+            "failures": "fails", "confs_per_cpu_s": "conf/CPU-s"}
+
+
+def _display_name(method: str) -> str:
+    return FILE_PREFIX + Path(method[len(FILE_PREFIX):]).name if method.startswith(FILE_PREFIX) else method
+
+
+def _print_table(methods: dict[str, dict], columns: Sequence[str]) -> None:
+    """One row per method; a median column follows its mean as "(med)"."""
+    names = {m: _display_name(m) for m in methods}
+    width = max(len("method"), *(len(n) for n in names.values()))
+    headers = [_HEADERS.get(c, "(med)") for c in columns]
+    widths = [max(6, len(h)) for h in headers]
+    print(f"{'method':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths)))
+    for method, row in methods.items():
+        cells = [str(row[c]) if isinstance(row[c], int) else _fmt(row[c], 1 if c == "confs_per_cpu_s" else 3)
+                 for c in columns]
+        print(f"{names[method]:<{width}}  " + "  ".join(f"{x:>{w}}" for x, w in zip(cells, widths)))
+
+
+def _plot(path: str, thresholds: np.ndarray, curves: dict[str, np.ndarray], ylabel: str, marker: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, curve in curves.items():
+        ax.plot(thresholds, curve, label=_display_name(name))
+    if marker is not None:
+        ax.axvline(marker, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("RMSD threshold (A)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", nargs="?", help="reference conformers, .sdf or .sdf.gz (ensemble mode)")
+    parser.add_argument("--bioactive", metavar="LIGANDS", help="crystal ligand poses, .sdf or .sdf.gz (bioactive mode)")
+    parser.add_argument("--method", action="append", required=True, metavar="NAME",
+                        help=f"one of {', '.join(METHODS)}, or {FILE_PREFIX}GENERATED.sdf[.gz]; repeat for several")
+    parser.add_argument("-n", "--num-confs", type=int, default=50, help="conformers per ligand in bioactive mode (50)")
+    parser.add_argument("--threshold", type=float, default=0.75, help="COV threshold in A (0.75)")
+    parser.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw coverage against threshold for every method")
+    parser.add_argument("--num-workers", type=int, default=1, help="worker processes (1)")
+    parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed ({DEFAULT_SEED:#x})")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if (args.reference is None) == (args.bioactive is None):
+        raise ValueError("give either a REFERENCE file or --bioactive LIGANDS, not both or neither")
+    if args.num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+    if args.max_molecules is not None and args.max_molecules < 1:
+        raise ValueError(f"--max-molecules must be >= 1, got {args.max_molecules}")
+    if args.num_confs < 1:
+        raise ValueError(f"-n must be >= 1, got {args.num_confs}")
+    if args.threshold <= 0:
+        raise ValueError(f"--threshold must be > 0, got {args.threshold}")
+    source = args.bioactive if args.bioactive is not None else args.reference
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"no such file {source!r}")
+    _check_methods(args.method)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        _validate(args)
+        files = {m: _file_conformers(m) for m in args.method if m.startswith(FILE_PREFIX)}
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter()
+    bioactive = args.bioactive is not None
+    source = args.bioactive if bioactive else args.reference
+    records = _read_records(source)
+    if bioactive:  # every record is one ligand pose
+        molecules = {f"{i}:{_molecule_key(m)}": [m] for i, m in enumerate(records)}
+        lookup = {k: k.split(":", 1)[1] for k in molecules}
+    else:
+        molecules = _group(records)
+        lookup = {k: k for k in molecules}
+    missing = {k for k in molecules if any(lookup[k] not in f for f in files.values())}
+    if missing:
+        print(f"benchmark: {len(missing)} of {len(molecules)} molecules are absent from a {FILE_PREFIX} file "
+              "and are left out for every method", file=sys.stderr)
+    molecules = {k: v for k, v in molecules.items() if k not in missing}
+    if args.max_molecules is not None:
+        molecules = dict(list(molecules.items())[: args.max_molecules])
+    if not molecules:
+        print("benchmark: no molecules to evaluate", file=sys.stderr)
+        return 1
+    files = {m: {k: f[lookup[k]] for k in molecules} for m, f in files.items()}
+    num_confs = (lambda k: args.num_confs) if bioactive else (lambda k: 2 * k)
+    outcomes = _run_jobs(_make_jobs(molecules, args.method, files, num_confs, args.seed), args.num_workers)
+
+    thresholds = np.linspace(0.0, _CURVE_MAX, _CURVE_POINTS)
+    order = {k: i for i, k in enumerate(molecules)}
+    results, curves = {}, {}
+    for method in args.method:
+        mine = sorted((o for o in outcomes if o.method == method), key=lambda o: order[o.key])
+        if bioactive:
+            results[method], curves[method] = _bioactive_summary(mine, thresholds)
+        else:
+            results[method], curves[method] = _ensemble_summary(mine, args.threshold, thresholds)
+
+    wall = time.perf_counter() - wall
+    setting = f"{args.num_confs} conformers per ligand" if bioactive else f"2K conformers, threshold {args.threshold} A"
+    print(f"{len(molecules)} {'ligands' if bioactive else 'molecules'}, {setting}, wall time {wall:.1f} s")
+    if bioactive:
+        columns = [f"within_{t:.1f}".replace(".", "_") for t in BIOACTIVE_THRESHOLDS] + ["median_min_rmsd"]
+    else:
+        columns = [f"{m}_{s}" for m in ("cov_r", "mat_r", "cov_p", "mat_p") for s in ("mean", "median")]
+    _print_table(results, columns + ["failures", "confs_per_cpu_s"])
+
+    if args.json:
+        report = {
+            "mode": "bioactive" if bioactive else "ensemble",
+            "input": str(source),
+            "num_molecules": len(molecules),
+            "threshold": None if bioactive else args.threshold,
+            "num_confs": args.num_confs if bioactive else "2K",
+            "seed": args.seed,
+            "wall_s": wall,
+            "methods": results,
+            "curves": {"thresholds": thresholds.tolist(), **{m: c.tolist() for m, c in curves.items()}},
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        ylabel = "share of ligands within threshold" if bioactive else "COV-R (mean over molecules)"
+        _plot(args.plot, thresholds, curves, ylabel, None if bioactive else args.threshold)
+    return 0

@@ -1,0 +1,105 @@
+"""ETKDGv3 seed structures, with a random-coordinates fallback for molecules ETKDG cannot embed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rdkit import Chem
+from rdkit.Chem import AllChem, rdDistGeom
+
+__all__ = ["EmbedResult", "EmbeddingError", "embed_etkdg"]
+
+DEFAULT_SEED = 0xF00D
+
+
+class EmbeddingError(RuntimeError):
+    """A molecule for which no 3D structure could be generated, with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot embed {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Embedded conformers.
+
+    mol : a copy of the input with explicit hydrogens and only the new conformers.
+    conf_ids : the conformer ids on ``mol``, in generation order.
+    method : ``"etkdg"`` (ETKDGv3), ``"random-coords+mmff"`` or ``"random-coords+uff"``
+        (random initial coordinates, then force-field relaxation), or ``"random-coords"`` when
+        neither force field has parameters for the molecule.
+    """
+
+    mol: Chem.Mol
+    conf_ids: tuple[int, ...]
+    method: str
+
+
+def _mol_name(mol: Chem.Mol) -> str:
+    if mol.HasProp("_Name") and mol.GetProp("_Name"):
+        return mol.GetProp("_Name")
+    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+
+
+def _params(
+    seed: int, threads: int, prune_rms: float | None, random_coords: bool, timeout: int | None
+) -> rdDistGeom.EmbedParameters:
+    params = rdDistGeom.ETKDGv3()
+    if timeout is not None:
+        params.timeout = timeout
+    params.randomSeed = seed
+    params.numThreads = threads
+    params.useRandomCoords = random_coords
+    params.pruneRmsThresh = -1.0 if prune_rms is None else prune_rms
+    params.onlyHeavyAtomsForRMS = True
+    return params
+
+
+def _relax_random(mol: Chem.Mol, threads: int) -> str:
+    """Relax random-coordinate embeddings with MMFF94 when typed, else UFF; returns the method name."""
+    if AllChem.MMFFHasAllMoleculeParams(mol):
+        AllChem.MMFFOptimizeMoleculeConfs(mol, numThreads=threads, maxIters=2000)
+        return "random-coords+mmff"
+    if AllChem.UFFHasAllMoleculeParams(mol):
+        AllChem.UFFOptimizeMoleculeConfs(mol, numThreads=threads, maxIters=2000)
+        return "random-coords+uff"
+    return "random-coords"
+
+
+def embed_etkdg(
+    mol: Chem.Mol,
+    n: int,
+    *,
+    seed: int = DEFAULT_SEED,
+    threads: int = 1,
+    prune_rms: float | None = None,
+    timeout: int | None = None,
+) -> EmbedResult:
+    """Embed ``n`` conformers with ETKDGv3 (fewer when ``prune_rms`` removes near-duplicates).
+
+    When ETKDG yields no conformer, embeds from random coordinates and relaxes them with MMFF94
+    (UFF when MMFF has no parameters). Raises ``EmbeddingError`` when both paths fail.
+    The input is not modified; hydrogens are added to the returned copy where missing.
+    timeout : whole seconds per embedding call (RDKit's ``EmbedParameters.timeout``); the conformers
+        finished by then are returned, so hard molecules (strained bridged rings) cannot hang a run.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = all cores), got {threads}")
+    name = _mol_name(mol)
+    if mol.GetNumAtoms() == 0:
+        raise EmbeddingError(name, "the molecule has no atoms")
+    work = Chem.AddHs(mol)
+    work.RemoveAllConformers()
+    conf_ids = tuple(rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout)))
+    if conf_ids:
+        return EmbedResult(work, conf_ids, "etkdg")
+    conf_ids = tuple(rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout)))
+    if not conf_ids:
+        raise EmbeddingError(name, "ETKDGv3 and random-coordinate embedding both failed")
+    return EmbedResult(work, conf_ids, _relax_random(work, threads))

@@ -1,0 +1,101 @@
+"""Tests for ``confdiff benchmark``: the CLI end to end on a tiny reference set written here."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from confdiff import benchmark
+
+ENSEMBLE_KEYS = {
+    "cov_r_mean", "cov_r_median", "mat_r_mean", "mat_r_median", "cov_p_mean", "cov_p_median",
+    "mat_p_mean", "mat_p_median", "failures", "confs_per_cpu_s",
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Two small molecules, three ETKDG conformers each, grouped by canonical SMILES (no mol_id)."""
+    path = tmp_path_factory.mktemp("bench") / "reference.sdf"
+    with Chem.SDWriter(str(path)) as writer:
+        for seed, smiles in enumerate(["CCCCO", "NCCc1ccccc1"]):
+            mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+            params = AllChem.ETKDGv3()
+            params.randomSeed = seed
+            assert len(AllChem.EmbedMultipleConfs(mol, 3, params)) == 3
+            for conf in mol.GetConformers():
+                writer.write(mol, confId=conf.GetId())
+    return path
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    return parser.parse_args([str(a) for a in argv])
+
+
+def test_cli_ensemble_mode(reference, tmp_path):
+    out, plot = tmp_path / "out.json", tmp_path / "cov.png"
+    cmd = [sys.executable, "-m", "confdiff", "benchmark", reference, "--method", "etkdg",
+           "--method", f"file:{reference}", "--threshold", "0.75", "--json", out, "--plot", plot, "--seed", "7"]
+    done = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["num_molecules"] == 2
+    methods = report["methods"]
+    assert list(methods) == ["etkdg", f"file:{reference}"]
+    for row in methods.values():
+        assert set(row) == ENSEMBLE_KEYS
+        assert row["failures"] == 0
+        assert 0.0 <= row["cov_r_mean"] <= 1.0 and 0.0 <= row["cov_p_mean"] <= 1.0
+    own = methods[f"file:{reference}"]
+    assert own["cov_r_mean"] == own["cov_p_mean"] == own["cov_r_median"] == own["cov_p_median"] == 1.0
+    for key in ("mat_r_mean", "mat_r_median", "mat_p_mean", "mat_p_median"):
+        assert own[key] == pytest.approx(0.0, abs=1e-4)
+    assert own["confs_per_cpu_s"] is None  # read, not generated
+    assert methods["etkdg"]["confs_per_cpu_s"] > 0
+    assert plot.stat().st_size > 0
+    assert "etkdg" in done.stdout and "COV-R" in done.stdout
+
+
+def test_bioactive_mode(reference, tmp_path, capsys):
+    out = tmp_path / "bio.json"
+    argv = ["--bioactive", reference, "-n", "4", "--method", "etkdg", "--method", f"file:{reference}",
+            "--json", out, "--max-molecules", "3"]
+    assert benchmark.run(_args(argv)) == 0
+    report = json.loads(out.read_text())
+    assert report["num_molecules"] == 3
+    own = report["methods"][f"file:{reference}"]
+    assert own["within_0_5"] == own["within_1_0"] == own["within_2_0"] == 1.0
+    assert own["median_min_rmsd"] == pytest.approx(0.0, abs=1e-4)
+    etkdg = report["methods"]["etkdg"]
+    assert {"within_0_5", "within_1_0", "within_2_0", "median_min_rmsd"} <= set(etkdg)
+    assert etkdg["within_0_5"] <= etkdg["within_1_0"] <= etkdg["within_2_0"]
+
+
+def test_failed_molecules_count_zero(reference, tmp_path, monkeypatch, capsys):
+    def broken(mol, num_confs, seed):
+        if mol.GetNumAtoms() > 16:  # fails on the larger molecule only
+            raise benchmark.MethodUnavailable("deliberately broken")
+        return benchmark.generate_etkdg(mol, num_confs, seed)
+
+    monkeypatch.setitem(benchmark.METHODS, "broken", broken)
+    out = tmp_path / "out.json"
+    assert benchmark.run(_args([reference, "--method", "broken", "--method", f"file:{reference}", "--json", out])) == 0
+    row = json.loads(out.read_text())["methods"]["broken"]
+    assert row["failures"] == 1
+    assert row["cov_r_mean"] <= 0.5 and row["cov_p_mean"] <= 0.5  # one molecule contributes COV 0
+    assert "deliberately broken" in capsys.readouterr().err
+
+
+def test_bad_arguments(reference, capsys):
+    assert benchmark.run(_args([reference, "--method", "nonsense"])) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert benchmark.run(_args(["--method", "etkdg"])) == 2
+    assert benchmark.run(_args([reference, "--method", "file:/does/not/exist.sdf"])) == 2

@@ -1,0 +1,174 @@
+"""The image side: datasets and dequantisation, a seconds-long training, every sampler on the
+shipped model, the likelihood pieces, the CLI, and no rdkit anywhere in the import graph."""
+
+import gzip
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from confdiff.diffusion.samplers import SAMPLERS
+from confdiff.images import (
+    DIGITS_LEVELS,
+    DIGITS_SPLIT,
+    ImageDiffusionConfig,
+    ImageModel,
+    bin_centres,
+    dequantize,
+    image_loss,
+    load_dataset,
+    read_idx,
+    sample_images,
+    to_levels,
+    to_unit,
+    train_image_model,
+    variational_bound_bits_per_dim,
+)
+from confdiff.images import _log_prob_gaussian_bin
+from confdiff.nn.unet import UNetConfig
+from confdiff.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return ImageModel.from_checkpoint()
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert (len(train), len(test)) == DIGITS_SPLIT
+    assert train.shape == (1, 8, 8) and train.num_levels == DIGITS_LEVELS == 17 and train.num_classes == 10
+    assert int(train.levels.max()) == 16 and int(train.levels.min()) == 0
+    assert set(train.labels.tolist()) == set(range(10))
+    from sklearn.datasets import load_digits
+
+    rows = {tuple(r) for r in load_digits().images.reshape(-1, 64).astype(int).tolist()}
+    split = {tuple(r) for r in torch.cat([train.levels, test.levels]).reshape(-1, 64).tolist()}
+    assert split == rows
+    torch.testing.assert_close(load_dataset("digits", "test").levels, test.levels)
+
+
+@pytest.mark.parametrize("num_levels", [17, 256])
+def test_dequantisation_fills_each_bin_of_minus_one_one(num_levels):
+    k = torch.arange(num_levels).repeat(2000)
+    y = dequantize(k, num_levels, torch.Generator().manual_seed(0))
+    assert y.min() >= -1.0 and y.max() < 1.0
+    assert torch.equal(to_levels(y, num_levels), k)  # every value stays in its own bin
+    width = 2.0 / num_levels
+    means = y.reshape(2000, num_levels).double().mean(0)
+    torch.testing.assert_close(means, bin_centres(torch.arange(num_levels), num_levels), atol=0.05 * width, rtol=0)
+    assert bin_centres(torch.tensor([0]), num_levels).item() == pytest.approx(-1 + width / 2)
+    torch.testing.assert_close(to_unit(torch.tensor([-3.0, -1.0, 0.0, 1.0, 2.0])),
+                               torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+
+
+def _write_idx(path, array: np.ndarray, dtype_code: int) -> None:
+    header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_idx_directory_dataset(tmp_path):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 6), ("t10k", 3)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 0x08)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 4, 0x08)
+    train, test = load_dataset(f"idx:{tmp_path}", "train"), load_dataset(f"idx:{tmp_path}", "test")
+    assert train.levels.shape == (6, 1, 28, 28) and test.levels.shape == (3, 1, 28, 28)
+    assert train.num_levels == 256 and train.num_classes == 4
+    np.testing.assert_array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), test.levels[:, 0].numpy())
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(tmp_path / "bad")
+    with pytest.raises(ValueError, match="dataset"):
+        load_dataset("cifar")
+
+
+def test_seconds_of_training_on_a_tiny_subset_lower_the_loss(tmp_path):
+    torch.manual_seed(0)
+    unet = UNetConfig(resolution=8, channels=16, channel_mult=(1, 2), attention_resolutions=(), num_classes=10,
+                      dropout=0.0)
+    config = TrainConfig(lr=2e-3, batch_size=32, max_steps=40, ema_decay=0.9, log_every=10,
+                         checkpoint_every=40, eval_every=40, seed=0)
+    diffusion = ImageDiffusionConfig()
+    data = load_dataset("digits", "train").subset(64)
+    batch = (data.levels, data.labels)
+    kw = dict(diffusion=diffusion, num_levels=17, null_label=10)
+
+    def fixed_loss(net):
+        with torch.no_grad():
+            return image_loss(net.eval(), batch, torch.Generator().manual_seed(1), **kw).mean().item()
+
+    trainer = train_image_model("digits", tmp_path, config=config, diffusion=diffusion, unet_config=unet,
+                                num_train=64, progress=False)
+    before = 64.0  # a fresh eps-model outputs 0: E||eps||^2 = 64 pixels
+    after = fixed_loss(trainer.ema)
+    print('loss after', after)
+    assert after < 0.6 * before
+    model = ImageModel.from_checkpoint(tmp_path / "checkpoint.pt")
+    assert model.shape == (1, 8, 8) and model.num_levels == 17 and model.dataset == "digits"
+    assert fixed_loss(model.unet) == pytest.approx(after, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_runs_on_the_shipped_model(shipped, name):
+    labels = torch.tensor([3, 7, 1])
+    images = sample_images(shipped, 3, sampler=name, steps=4, labels=labels, guidance=1.0, seed=5)
+    assert images.shape == (3, 1, 8, 8)
+    assert images.min() >= 0.0 and images.max() <= 1.0 and torch.isfinite(images).all()
+
+
+def test_samples_do_not_depend_on_the_batch(shipped):
+    a = sample_images(shipped, 4, sampler="ddim", steps=5, seed=2, batch_size=4)
+    b = sample_images(shipped, 4, sampler="ddim", steps=5, seed=2, batch_size=2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_gaussian_bin_log_probability():
+    lo = torch.tensor([-math.inf, -1.0, 2.0, 30.0, -31.0], dtype=torch.float64)
+    hi = torch.tensor([0.0, 1.0, math.inf, 31.0, -30.0], dtype=torch.float64)
+    got = _log_prob_gaussian_bin(lo, hi)
+    direct = torch.log(torch.special.ndtr(hi[:3]) - torch.special.ndtr(lo[:3]))
+    torch.testing.assert_close(got[:3], direct)
+    assert torch.isfinite(got).all()  # far tails: ndtr differences underflow, the log does not
+    torch.testing.assert_close(got[3], got[4])  # symmetry
+    assert got[3] == pytest.approx(-(30.0**2) / 2 - math.log(30.0 * math.sqrt(2 * math.pi)), rel=1e-3)
+
+
+def test_variational_bound_parts_on_the_shipped_model(shipped):
+    levels = load_dataset("digits", "test").levels[:8]
+    vb = variational_bound_bits_per_dim(shipped, levels, steps=20)
+    assert vb["bpd"].shape == (8,)
+    torch.testing.assert_close(vb["bpd"], vb["prior"] + vb["diffusion"] + vb["decoder"])
+    assert (vb["prior"] >= 0).all() and (vb["diffusion"] >= 0).all() and (vb["decoder"] >= 0).all()
+    assert (vb["prior"] < 1e-3).all()  # q(z_1 | x) is almost the prior
+    assert (vb["bpd"] < math.log2(17)).all()  # better than uniform over 17 levels
+
+
+def test_cli_image_sample_writes_npz_and_grid(tmp_path):
+    from confdiff.cli import main
+
+    out, grid = tmp_path / "s.npz", tmp_path / "g.png"
+    rc = main(["image", "sample", "--sampler", "ddim", "--steps", "5", "--label", "4", "--guidance", "2",
+               "-n", "6", "--out", str(out), "--grid", str(grid), "--seed", "1"])
+    assert rc == 0
+    data = np.load(out)
+    assert set(data.files) == {"images", "labels"}
+    assert data["images"].shape == (6, 8, 8) and data["images"].dtype == np.float32
+    assert data["images"].min() >= 0 and data["images"].max() <= 1
+    np.testing.assert_array_equal(data["labels"], np.full(6, 4))
+    assert grid.stat().st_size > 0
+
+
+def test_image_code_and_core_never_import_rdkit():
+    code = (
+        "import sys; sys.modules['rdkit'] = None\n"  # any `import rdkit...` now raises ImportError
+        "import pkgutil, importlib, confdiff.diffusion, confdiff.images\n"
+        "for m in pkgutil.iter_modules(confdiff.diffusion.__path__):\n"
+        "    importlib.import_module('confdiff.diffusion.' + m.name)\n"
+        "assert not [m for m in sys.modules if m.startswith('rdkit.')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
