@@ -10,6 +10,8 @@ from . import __version__
 
 # subcommand -> (module, one-line help). The module exposes add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("confdiff.generate_command", "conformer ensembles for molecules or a library (SDF / SMILES / MOL2)"),
+    "train": ("confdiff.train_conformers", "train the conformer score model (CPU, CUDA, torchrun for DDP)"),
     "dataset": ("confdiff.chem.data", "build conformer ensembles to train on (resumable)"),
     "benchmark": ("confdiff.benchmark", "compare conformer generators: COV / MAT, bioactive recovery, speed"),
     "image": ("confdiff.images", "train, sample and score image diffusion models (digits, IDX files)"),

@@ -1,51 +1,65 @@
 """Conformer ensembles: ETKDG seeds, reverse diffusion with the score model, stereo checks, relaxation.
 
 ``ConformerGenerator`` keeps one loaded model for many molecules; ``generate()`` is the one-call
-API. All conformers of a molecule (and of several molecules) share one graph batch, split so that a
-batch never holds more than ``max_atoms_per_batch`` atoms.
+API. The conformers of a molecule, and of several consecutive molecules, share one graph batch,
+split so that no batch holds more than ``max_atoms_per_batch`` atoms (the memory bound).
+
+Conformer ``i`` of a molecule starts from ETKDG seed ``i // conformers_per_seed`` and draws all its
+noise from one generator seeded with ``(seed, i)``, so it is the same whatever ``n``, the batch
+size or the other molecules in the batch. Every conformer's stereochemistry is compared with its
+seed's (a vectorised test of signed volumes and double-bond sides, :class:`StereoCheck`) and every
+seed's with the input's; a conformer that breaks it is fixed by dropping its coordinate refinement
+(the torsion changes alone are rigid rotations, which cannot change a configuration).
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+import shutil
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-from rdkit import Chem
+from rdkit import Chem, rdBase
 from rdkit.Chem import rdMolAlign
 from torch_geometric.data import Batch
 
-from .chem.embed import embed_etkdg
-from .chem.featurize import featurize
-from .chem.relax import relax_mmff, relax_xtb
+from .chem.embed import EmbeddingError, embed_etkdg
+from .chem.featurize import FeaturizationError, MolGraph, featurize
+from .chem.io import MoleculeRejected, check_molecule
+from .chem.relax import RelaxationError, relax_mmff, relax_xtb
+from .chem.torsions import apply_torsion_changes
 from .conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from .diffusion.samplers import SAMPLERS, time_grid
 from .nn.score_model import ScoreModel, ScoreModelConfig
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_STEPS",
+    "RELAX_METHODS",
     "ConformerGenerator",
     "GenerationError",
     "GenerationResult",
+    "StereoCheck",
+    "conformer_generators",
+    "default_model_path",
     "generate",
     "load_model",
 ]
 
-RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
-
-
-def default_model_path() -> Path:
-    """The shipped default checkpoint (package data)."""
-    return Path(str(resources.files("confdiff") / "weights" / "conformer_model.pt"))
-
-
 DEFAULT_MODEL = "default"
+RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
+_ST = Chem.StereoType
+_SPECIFIED = Chem.StereoSpecified.Specified
+DEFAULT_STEPS = 20
+_VOLUME_TOL = 0.1  # A^3 (A^2 for double bonds): smaller counts as flat, i.e. broken (RDKit's ZERO_VOLUME_TOL)
+MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 
 
 class GenerationError(RuntimeError):
@@ -59,7 +73,11 @@ class GenerationError(RuntimeError):
 
 @dataclass
 class GenerationResult:
-    """One molecule's outcome: ``mol`` with the conformers (None on failure) or ``error``."""
+    """One input's outcome: ``mol`` with the conformers, or ``error`` (then ``mol`` is None).
+
+    index : position of the input in the iterable given to ``generate_many``.
+    warnings : what was changed or noticed (salt stripped, conformers fixed, stereoisomers mixed).
+    """
 
     index: int
     name: str
@@ -72,82 +90,227 @@ class GenerationResult:
         return self.mol is not None
 
 
+# --- the model --------------------------------------------------------------------------------------
+
+def default_model_path() -> Path:
+    """The shipped default checkpoint (package data)."""
+    return Path(str(resources.files("confdiff") / "weights" / "conformer_model.pt"))
+
+
 def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"):
     """``(ScoreModel, ConformerDiffusion)`` from a checkpoint (the shipped default when ``path`` is None).
 
-    Reads a trainer checkpoint or the slim release file of ``confdiff.train_conformers.export_release``;
-    both hold ``model_config = {"model": ..., "diffusion": ...}`` and the EMA weights.
+    Reads a trainer checkpoint or the release file of ``confdiff.train_conformers.export_release``;
+    both hold ``kind``, ``model_config = {"model": ..., "diffusion": ...}`` and the EMA weights.
     """
     path = default_model_path() if path in (None, DEFAULT_MODEL) else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no model checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("kind") != "conformer_score_model":
-        raise ValueError(f"{path} holds {ckpt.get('kind')!r}, not a conformer score model")
-    model_config, diffusion_config = ckpt["model_config"]["model"], ckpt["model_config"]["diffusion"]
-    state = ckpt["ema"]
-    model = ScoreModel(ScoreModelConfig.from_dict(model_config))
-    model.load_state_dict(state)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "conformer_score_model":
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} holds {kind!r}, not a conformer score model")
+    configs = ckpt["model_config"]
+    model = ScoreModel(ScoreModelConfig.from_dict(configs["model"]))
+    try:
+        model.load_state_dict(ckpt["ema"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit this version's ScoreModel: {err}") from None
     model.eval().to(device)
-    return model, ConformerDiffusion(ConformerDiffusionConfig(**diffusion_config))
+    return model, ConformerDiffusion(ConformerDiffusionConfig(**configs["diffusion"]))
 
 
-def _as_mol(mol_or_smiles: Chem.Mol | str) -> Chem.Mol:
-    if isinstance(mol_or_smiles, Chem.Mol):
-        return Chem.Mol(mol_or_smiles)
-    mol = Chem.MolFromSmiles(mol_or_smiles)
-    if mol is None:
-        raise GenerationError(str(mol_or_smiles), "invalid SMILES")
-    mol.SetProp("_Name", mol_or_smiles)
-    return mol
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str | None, device: str):
+    """``load_model`` once per (path, device) for the one-call ``generate()``."""
+    return load_model(path, device=device)
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+# --- seeds and stereochemistry ---------------------------------------------------------------------
+
+def conformer_generators(seed: int, indices: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per conformer, seeded from ``(seed, index)`` only (not from the batch)."""
+    gens = []
+    for i in indices:
+        state = np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0]
+        gens.append(torch.Generator().manual_seed(int(state >> 1)))
+    return gens
+
+
+def _bond_sides(mol: Chem.Mol, bond: Chem.Bond) -> tuple[int, int, bool] | None:
+    """``(a, d, trans)`` for a bond with specified stereo: reference neighbours and whether they are trans.
+
+    STEREOCIS / STEREOTRANS refer to the bond's stereo atoms; STEREOE / STEREOZ (CIP labels) to the
+    highest-ranked neighbour on each side (legacy ``_CIPRank``).
+    """
+    stereo = bond.GetStereo()
+    if stereo in (Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS):
+        a, d = bond.GetStereoAtoms()
+        return a, d, stereo == Chem.BondStereo.STEREOTRANS
+    if stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
+        ends = (bond.GetBeginAtom(), bond.GetEndAtom())
+        ref = []
+        for atom, other in (ends, ends[::-1]):
+            ranked = [(int(n.GetProp("_CIPRank")), n.GetIdx()) for n in atom.GetNeighbors()
+                      if n.GetIdx() != other.GetIdx()]
+            ref.append(max(ranked)[1])
+        return ref[0], ref[1], stereo == Chem.BondStereo.STEREOE
+    return None
+
+
+@dataclass(frozen=True)
+class StereoCheck:
+    """The stereo elements of a molecule as signs of 3D quantities, tested on many conformers at once.
+
+    Tetrahedral centre ``c`` (row ``(c, n1, n2, n3)``): RDKit's chiral volume
+    ``v1 . (v2 x v3)``, ``v_k = p[n_k] - p[c]`` over the first three neighbours in bond order,
+    positive for ``CHI_TETRAHEDRAL_CCW``. Double bond ``a - b = c - d`` (row ``(a, b, c, d)``): the
+    dot product of ``a``'s and ``d``'s offsets perpendicular to the bond, positive when cis.
+    Elements come from ``Chem.FindPotentialStereo``; ``expected`` is +1 / -1 where the molecule
+    specifies the configuration and 0 where it leaves it open.
+    """
+
+    centres: np.ndarray  # (C, 4) int
+    bonds: np.ndarray  # (D, 4) int
+    expected: np.ndarray  # (C + D,) int8
+
+    @classmethod
+    def from_mol(cls, mol: Chem.Mol) -> StereoCheck:
+        """The check for ``mol`` (hydrogens explicit, stereo as read from the input)."""
+        ranked = Chem.Mol(mol)
+        Chem.AssignStereochemistry(ranked, cleanIt=True, force=True)  # sets _CIPRank for E/Z
+        centres, bonds, expected_c, expected_d = [], [], [], []
+        for element in Chem.FindPotentialStereo(Chem.Mol(mol)):
+            specified = element.specified == _SPECIFIED
+            if element.type == _ST.Atom_Tetrahedral:
+                atom = mol.GetAtomWithIdx(element.centeredOn)
+                neighbours = [n.GetIdx() for n in atom.GetNeighbors()][:3]
+                tag = atom.GetChiralTag()
+                centres.append([atom.GetIdx(), *neighbours])
+                expected_c.append(0 if not specified else 1 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1)
+            elif element.type == _ST.Bond_Double:
+                bond = ranked.GetBondWithIdx(element.centeredOn)
+                b, c = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+                sides = _bond_sides(ranked, bond) if specified else None
+                if sides is None:
+                    a = next(n.GetIdx() for n in bond.GetBeginAtom().GetNeighbors() if n.GetIdx() != c)
+                    d = next(n.GetIdx() for n in bond.GetEndAtom().GetNeighbors() if n.GetIdx() != b)
+                    expected_d.append(0)
+                else:
+                    a, d, trans = sides
+                    expected_d.append(-1 if trans else 1)
+                bonds.append([a, b, c, d])
+        return cls(np.array(centres, dtype=np.int64).reshape(-1, 4), np.array(bonds, dtype=np.int64).reshape(-1, 4),
+                   np.array(expected_c + expected_d, dtype=np.int8))
+
+    @property
+    def num_specified(self) -> int:
+        return int(np.count_nonzero(self.expected))
+
+    @property
+    def num_open(self) -> int:
+        return int(self.expected.size - self.num_specified)
+
+    def signs(self, pos: np.ndarray) -> np.ndarray:
+        """Signs (+1, -1, 0 when flat) of every element in conformers ``pos (K, N, 3)``: shape (K, C + D)."""
+        c = self.centres
+        v = pos[:, c[:, 1:]] - pos[:, c[:, :1]]  # (K, C, 3, 3)
+        volume = np.einsum("kci,kci->kc", v[:, :, 0], np.cross(v[:, :, 1], v[:, :, 2]))
+        a, b, cc, d = (pos[:, self.bonds[:, k]] for k in range(4))  # (K, D, 3) each
+        axis = cc - b
+        axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+        side_a, side_d = a - b, d - cc
+        side_a = side_a - (side_a * axis).sum(-1, keepdims=True) * axis
+        side_d = side_d - (side_d * axis).sum(-1, keepdims=True) * axis
+        values = np.concatenate([volume, (side_a * side_d).sum(-1)], axis=1)
+        return (np.sign(values) * (np.abs(values) > _VOLUME_TOL)).astype(np.int8)
+
+    def matches_input(self, pos: np.ndarray) -> np.ndarray:
+        """Which conformers ``pos (K, N, 3)`` have every specified configuration of the input: (K,) bool."""
+        specified = self.expected != 0
+        return (self.signs(pos)[:, specified] == self.expected[specified]).all(axis=1)
+
+
+# --- one molecule's preparation ----------------------------------------------------------------------
+
+def _bond_lengths(pos: np.ndarray, graph: MolGraph) -> np.ndarray:
+    """Lengths of the bonds of ``graph`` in conformers ``pos (K, N, 3)``: shape (K, B)."""
+    i, j = graph.edge_index[:, ::2].numpy()  # each bond once (edges come in both directions)
+    return np.linalg.norm(pos[:, i] - pos[:, j], axis=-1)
 
 
 def mol_name(mol: Chem.Mol) -> str:
+    """The molecule's ``_Name``, else its SMILES."""
     if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
         return mol.GetProp("_Name").strip()
     return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
 
 
-def _with_hydrogens(mol: Chem.Mol) -> Chem.Mol:
-    """Explicit hydrogens, keeping the input's atom order (new hydrogens are appended)."""
-    has_3d = mol.GetNumConformers() > 0 and mol.GetConformer().Is3D()
-    out = Chem.AddHs(mol, addCoords=has_3d)
-    if mol.HasProp("_Name"):
-        out.SetProp("_Name", mol.GetProp("_Name"))
-    return out
+def _parse(item: Chem.Mol | str) -> tuple[Chem.Mol, list[str]]:
+    """A copy of the input molecule (a SMILES string is parsed) after the input policy of ``chem.io``."""
+    if isinstance(item, Chem.Mol):
+        mol = Chem.Mol(item)
+    else:
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(item)
+            raw = Chem.MolFromSmiles(item, sanitize=False) if mol is None else None
+        if mol is None:
+            reason = "SMILES syntax error"
+            if raw is not None:
+                try:
+                    with rdBase.BlockLogs():
+                        Chem.SanitizeMol(raw)
+                except Chem.rdchem.MolSanitizeException as err:
+                    reason = f"sanitisation failed: {err}"
+            raise GenerationError(item, f"invalid SMILES: {reason}")
+        mol.SetProp("_Name", item)
+    try:
+        kept, notes = check_molecule(mol)
+    except MoleculeRejected as err:
+        raise GenerationError(mol_name(mol), str(err)) from None
+    return kept, list(notes)
 
 
-def stereo_signature(mol: Chem.Mol, conf_id: int) -> str:
-    """Isomeric SMILES with the stereo read from conformer ``conf_id``'s 3D coordinates."""
-    probe = Chem.Mol(mol, confId=conf_id)
-    Chem.AssignStereochemistryFrom3D(probe, replaceExistingTags=True)
-    return Chem.MolToSmiles(Chem.RemoveHs(probe))
+@dataclass
+class _Job:
+    """A molecule ready for sampling: ETKDG seeds (S, N, 3), centred, and its stereo check."""
+
+    index: int
+    name: str
+    mol: Chem.Mol  # explicit hydrogens, input atom order, no conformers
+    graph: MolGraph
+    seeds: torch.Tensor
+    seed_signs: np.ndarray  # (S, C + D)
+    seed_lengths: np.ndarray  # (S, B) bond lengths
+    check: StereoCheck
+    warnings: list[str]
+
+    @property
+    def num_atoms(self) -> int:
+        return self.mol.GetNumAtoms()
 
 
-def conformer_generators(seed: int, indices: Iterable[int]) -> list[torch.Generator]:
-    """One generator per conformer, seeded from ``(seed, index)`` only (not from the batch)."""
-    gens = []
-    for i in indices:
-        g = torch.Generator()
-        g.manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1))
-        gens.append(g)
-    return gens
-
+# --- the generator -----------------------------------------------------------------------------------
 
 class ConformerGenerator:
-    """Generate conformer ensembles with a loaded score model.
+    """Generate conformer ensembles with one loaded score model.
 
-    Parameters
-    ----------
-    model : path to a checkpoint, ``"default"`` / None for the shipped model, or ``(ScoreModel,
-        ConformerDiffusion)`` already built.
-    device : ``"cpu"``, ``"cuda"`` or None (CUDA when available).
-    steps : reverse-diffusion steps; sampler : a name in ``confdiff.diffusion.SAMPLERS``.
-    conformers_per_seed : how many conformers share one ETKDG seed structure (their torsions are
-        resampled by the diffusion; the seed only provides bond lengths, angles and ring puckers).
-    max_atoms_per_batch : memory bound of one graph batch (atoms of all conformers together).
-    relax, prune_rms, energy_window : post-processing (``"mmff"``, ``"gfnff"``, ``"gfn2"``; Angstrom;
-        kcal/mol). embed_threads : threads for the ETKDG seeds.
+    model : path to a checkpoint, ``"default"`` / None for the shipped model, or an already built
+        ``(ScoreModel, ConformerDiffusion)`` pair.
+    device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None (CUDA when available).
+    steps : reverse-diffusion steps; sampler : a name in ``confdiff.diffusion.samplers.SAMPLERS``.
+    conformers_per_seed : conformers that share one ETKDG seed structure (the diffusion resamples
+        their torsions; the seed provides bond lengths, angles and ring puckers).
+    max_atoms_per_batch : most atoms (all conformers of all molecules together) in one graph batch;
+        bounds memory. A molecule with more atoms than this is refused.
+    relax : None / ``"none"``, ``"mmff"``, ``"gfnff"`` or ``"gfn2"`` (xtb); energies in kcal/mol.
+    prune_rms : drop conformers within this heavy-atom RMSD (Angstrom) of a kept one.
+    energy_window : after relaxation, keep conformers within this many kcal/mol of the lowest.
+    num_workers : threads for the ETKDG seeds and for xtb.
     """
 
     def __init__(
@@ -155,14 +318,14 @@ class ConformerGenerator:
         model=None,
         *,
         device: str | torch.device | None = None,
-        steps: int = 20,
+        steps: int = DEFAULT_STEPS,
         sampler: str = "euler_maruyama",
         conformers_per_seed: int = 5,
         max_atoms_per_batch: int = 20000,
         relax: str | None = None,
         prune_rms: float | None = None,
         energy_window: float | None = None,
-        embed_threads: int = 1,
+        num_workers: int = 1,
     ):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -170,9 +333,19 @@ class ConformerGenerator:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         if conformers_per_seed < 1:
             raise ValueError(f"conformers_per_seed must be >= 1, got {conformers_per_seed}")
+        if max_atoms_per_batch < 1:
+            raise ValueError(f"max_atoms_per_batch must be >= 1, got {max_atoms_per_batch}")
         if relax not in (None, *RELAX_METHODS):
             raise ValueError(f"relax must be one of {RELAX_METHODS}, got {relax!r}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if relax in ("gfnff", "gfn2") and shutil.which("xtb") is None:
+            raise FileNotFoundError(f"relax={relax!r} needs the xtb executable on PATH (or use relax='mmff')")
+        if prune_rms is not None and prune_rms <= 0:
+            raise ValueError(f"prune_rms must be positive, got {prune_rms}")
+        if energy_window is not None and (relax in (None, "none") or energy_window < 0):
+            raise ValueError(f"energy_window={energy_window} needs relax and a value >= 0")
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.device = _resolve_device(device)
         if isinstance(model, tuple):
             self.model, self.diffusion = model
             self.model.to(self.device).eval()
@@ -185,17 +358,20 @@ class ConformerGenerator:
         self.relax = None if relax == "none" else relax
         self.prune_rms = prune_rms
         self.energy_window = energy_window
-        self.embed_threads = embed_threads
+        self.num_workers = num_workers
 
-    # --- public API -----------------------------------------------------------------------------
+    # --- public API -------------------------------------------------------------------------------
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
         """``n`` conformers of one molecule as an RDKit ``Mol`` (explicit hydrogens, input atom order).
 
-        Each conformer carries the properties ``conformer_index``, ``seed`` and, when relaxed,
-        ``energy`` (kcal/mol). Raises ``GenerationError`` naming the molecule and the reason.
+        Each conformer carries the properties ``conformer_index`` (its index ``i``), ``seed`` and,
+        when relaxed, ``energy`` (kcal/mol); fewer than ``n`` remain after pruning or an energy
+        window. Raises ``GenerationError`` naming the molecule and the reason; the result's warnings
+        are issued as Python warnings.
         """
-        mol = _as_mol(mol_or_smiles)
-        result = next(self.generate_many([mol], n, seed=seed))
+        result = next(self.generate_many([mol_or_smiles], n, seed=seed))
+        for note in result.warnings:
+            warnings.warn(f"{result.name}: {note}", stacklevel=2)
         if not result.ok:
             raise GenerationError(result.name, result.error)
         return result.mol
@@ -203,129 +379,215 @@ class ConformerGenerator:
     def generate_many(
         self, mols: Iterable[Chem.Mol | str], n: int = 50, *, seed: int | None = None
     ) -> Iterator[GenerationResult]:
-        """Yield one ``GenerationResult`` per input, in order, as each molecule is finished.
+        """Yield one ``GenerationResult`` per input, in input order, as each molecule is finished.
 
-        A molecule that fails yields a result with ``error`` set; the others go on.
+        Consecutive molecules are sampled together while their conformers fit in one batch, so the
+        input is read a few molecules ahead. A molecule that fails yields a result with ``error``
+        set and the others go on.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        base_seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+        pack: list[_Job | GenerationResult] = []
+        atoms = 0
         for index, item in enumerate(mols):
-            name = item if isinstance(item, str) else mol_name(item)
             try:
-                mol = _as_mol(item)
-                name = mol_name(mol)
-                out, warnings = self._one(mol, n, base_seed)
-                yield GenerationResult(index, name, out, None, warnings)
-            except GenerationError as err:
-                yield GenerationResult(index, name, None, err.reason)
-            except (ValueError, RuntimeError) as err:
-                yield GenerationResult(index, name, None, f"{type(err).__name__}: {err}")
+                job = self._prepare(index, item, n, seed)
+            except _MOLECULE_ERRORS as err:
+                name = err.name if isinstance(err, GenerationError) else _item_name(item)
+                pack.append(_failure(index, name, err))
+                continue
+            pack.append(job)
+            atoms += job.num_atoms * n
+            if atoms >= self.max_atoms_per_batch:
+                yield from self._run(pack, n, seed)
+                pack, atoms = [], 0
+        yield from self._run(pack, n, seed)
 
-    # --- one molecule -----------------------------------------------------------------------------
-    def _one(self, mol: Chem.Mol, n: int, seed: int) -> tuple[Chem.Mol, list[str]]:
+    # --- stages -------------------------------------------------------------------------------------
+    def _prepare(self, index: int, item: Chem.Mol | str, n: int, seed: int) -> _Job:
+        """Parse, check, embed the ETKDG seeds of conformers ``0..n-1`` and featurise one molecule."""
+        mol, notes = _parse(item)
         name = mol_name(mol)
-        mol = _with_hydrogens(mol)
-        num_seeds = max(1, math.ceil(n / self.conformers_per_seed))
-        embedded = embed_etkdg(mol, num_seeds, seed=seed % (2**31), threads=self.embed_threads)
-        seeds_mol = embedded.mol
-        warnings = [] if embedded.method == "etkdg" else [f"seed structures from {embedded.method}"]
-        graph = featurize(seeds_mol)
-        seed_pos = [torch.tensor(seeds_mol.GetConformer(c).GetPositions(), dtype=torch.float32)
-                    for c in embedded.conf_ids]
-        reference = {stereo_signature(seeds_mol, c) for c in embedded.conf_ids}
+        mol = Chem.AddHs(mol)  # hydrogens appended: the input's atoms keep their indices
+        mol.RemoveAllConformers()
+        if mol.GetNumAtoms() > self.max_atoms_per_batch:
+            raise GenerationError(name, f"{mol.GetNumAtoms()} atoms (with hydrogens) exceed max_atoms_per_batch="
+                                        f"{self.max_atoms_per_batch}; raise it (--batch-size) if memory allows")
+        check = StereoCheck.from_mol(mol)
+        num_seeds = -(-n // self.conformers_per_seed)
+        embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
+        if embedded.method != "etkdg":
+            notes.append(f"ETKDG failed; seed structures from {embedded.method}")
+        seeds = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
+        good = check.matches_input(seeds)
+        if not good.any():
+            raise GenerationError(name, "no seed structure has the input's stereochemistry")
+        if not good.all():
+            notes.append(f"{int((~good).sum())} of {len(good)} seed structures broke the stereochemistry and were skipped")
+        seeds = seeds[good] - seeds[good].mean(axis=1, keepdims=True)
+        if check.num_open:
+            notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
+                         "configuration, so the ensemble mixes stereoisomers")
+        graph = featurize(mol)
+        return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
+                    _bond_lengths(seeds, graph), check, notes)
 
-        out = Chem.Mol(seeds_mol)
-        out.RemoveAllConformers()
-        accepted: list[tuple[int, np.ndarray]] = []
-        todo = list(range(n))
-        rejected = 0
-        for attempt in range(3):
-            if not todo:
-                break
-            ids = [i + attempt * n for i in todo]
-            positions = self._sample(graph, [seed_pos[i % len(seed_pos)] for i in todo], seed, ids)
-            still = []
-            for i, pos in zip(todo, positions):
-                probe = Chem.Mol(out)
-                conf = Chem.Conformer(out.GetNumAtoms())
-                conf.SetPositions(pos.astype(np.float64))
-                probe.AddConformer(conf, assignId=True)
-                if stereo_signature(probe, probe.GetConformers()[-1].GetId()) in reference:
-                    accepted.append((i, pos))
-                else:
-                    still.append(i)
-            rejected += len(still)
-            todo = still
-        if todo:
-            warnings.append(f"{len(todo)} of {n} conformers kept breaking the stereochemistry and were dropped")
-        elif rejected:
-            warnings.append(f"{rejected} conformers with broken stereochemistry were resampled")
-        if not accepted:
-            raise GenerationError(name, "no conformer preserved the molecule's stereochemistry")
-        accepted.sort(key=lambda item: item[0])
-        for i, pos in accepted:
-            conf = Chem.Conformer(out.GetNumAtoms())
-            conf.SetPositions(pos.astype(np.float64))
-            cid = out.AddConformer(conf, assignId=True)
-            out.GetConformer(cid).SetIntProp("seed", seed)
-        self._finish(out)
-        out.SetProp("_Name", name)
-        return out, warnings
+    def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
+        """Sample the jobs of ``pack`` together and yield every result of the pack in order."""
+        samples = self._sample_all([item for item in pack if isinstance(item, _Job)], n, seed)
+        for item in pack:
+            if isinstance(item, GenerationResult):
+                yield item
+                continue
+            try:
+                outcome = samples[id(item)]
+                if isinstance(outcome, Exception):
+                    raise outcome
+                yield self._finish(item, *outcome, seed)
+            except _MOLECULE_ERRORS as err:
+                yield _failure(item.index, item.name, err)
+
+    def _sample_all(self, jobs: list[_Job], n: int, seed: int) -> dict[int, tuple | Exception]:
+        """``id(job) -> (pos, rigid)`` sampled in shared batches; when that fails, every job is
+        sampled alone so that only the culprit gets its exception."""
+        if not jobs:
+            return {}
+        try:
+            return dict(zip(map(id, jobs), self._sample(jobs, n, seed)))
+        except _MOLECULE_ERRORS as err:
+            if len(jobs) == 1:
+                return {id(jobs[0]): err}
+        return {id(job): self._sample_all([job], n, seed)[id(job)] for job in jobs}
 
     @torch.no_grad()
-    def _sample(self, graph, seed_pos: Sequence[torch.Tensor], seed: int, ids: Sequence[int]) -> list[np.ndarray]:
-        """Reverse diffusion for conformers ``ids`` starting from ``seed_pos``; positions (N, 3) each."""
-        per_batch = max(1, self.max_atoms_per_batch // max(graph.num_nodes, 1))
-        out: list[np.ndarray] = []
-        for start in range(0, len(ids), per_batch):
-            chunk = list(range(start, min(start + per_batch, len(ids))))
-            batch = Batch.from_data_list([graph] * len(chunk)).to(self.device)
-            pos_ref = torch.cat([seed_pos[k] - seed_pos[k].mean(0) for k in chunk]).to(self.device)
-            generators = conformer_generators(seed, [ids[k] for k in chunk])
+    def _sample(self, jobs: list[_Job], n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Reverse diffusion for conformers ``0..n-1`` of every job, in batches of at most
+        ``max_atoms_per_batch`` atoms. Per job ``(pos, rigid)``, each (n, N, 3): the conformers and
+        their torsion-only part ``T(seed, d)`` without the coordinate refinement ``e``."""
+        tasks = [(job, i) for job in jobs for i in range(n)]
+        out = {id(job): (np.empty((n, job.num_atoms, 3), np.float32), np.empty((n, job.num_atoms, 3), np.float32))
+               for job in jobs}
+        ts = time_grid(self.steps).to(self.device)
+        for chunk in self._chunks(tasks):
+            batch = Batch.from_data_list([job.graph for job, _ in chunk]).to(self.device)
+            pos_ref = torch.cat([job.seeds[self._seed_of(job, i)] for job, i in chunk]).to(self.device)
+            generators = conformer_generators(seed, [i for _, i in chunk])
             sde = self.diffusion.sde(batch)
-            like = torch.zeros(sde.space.numel, device=self.device)
-            y = sde.prior_sample(like, generators)
+            y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
-            ts = time_grid(self.steps).to(self.device)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
-            pos = self.diffusion.positions(sde, batch, pos_ref, y).cpu().numpy()
-            out.extend(np.split(pos, len(chunk)))
-        return out
+            d, e = sde.space.split(y)
+            rigid = apply_torsion_changes(pos_ref, batch, d)
+            sizes = batch.ptr.diff().tolist()
+            for (job, i), full_i, rigid_i in zip(chunk, (rigid + e).cpu().split(sizes), rigid.cpu().split(sizes)):
+                out[id(job)][0][i] = full_i.numpy()
+                out[id(job)][1][i] = rigid_i.numpy()
+        return [out[id(job)] for job in jobs]
 
-    def _finish(self, mol: Chem.Mol) -> None:
-        """Relaxation, energy window and RMSD pruning, in place; energies as conformer props."""
+    def _chunks(self, tasks: list) -> Iterator[list]:
+        """Consecutive runs of ``(job, i)`` tasks with at most ``max_atoms_per_batch`` atoms each."""
+        chunk, atoms = [], 0
+        for task in tasks:
+            size = task[0].num_atoms
+            if chunk and atoms + size > self.max_atoms_per_batch:
+                yield chunk
+                chunk, atoms = [], 0
+            chunk.append(task)
+            atoms += size
+        if chunk:
+            yield chunk
+
+    def _seed_of(self, job: _Job, i: int) -> int:
+        return (i // self.conformers_per_seed) % len(job.seeds)
+
+    def _finish(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, seed: int) -> GenerationResult:
+        """Stereo fix, then relaxation, energy window and pruning; the conformers as one ``Mol``."""
+        notes = list(job.warnings)
+        seed_of = np.array([self._seed_of(job, i) for i in range(len(pos))])
+        stretch = np.abs(_bond_lengths(pos, job.graph) - job.seed_lengths[seed_of])
+        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
+        broken |= (stretch > MAX_BOND_STRETCH).any(axis=1)
+        if broken.any():
+            pos = np.where(broken[:, None, None], rigid, pos)
+            notes.append(f"{int(broken.sum())} of {len(pos)} conformers changed a configuration or stretched a bond "
+                         f"by over {MAX_BOND_STRETCH} A; their coordinate refinement was dropped (torsion changes kept)")
+        out = Chem.Mol(job.mol)
+        for i, xyz in enumerate(pos):
+            conf = Chem.Conformer(out.GetNumAtoms())
+            conf.SetPositions(xyz.astype(np.float64))
+            conf.SetIntProp("conformer_index", i)
+            conf.SetIntProp("seed", seed)
+            out.AddConformer(conf, assignId=True)
         if self.relax is not None:
-            ids = [c.GetId() for c in mol.GetConformers()]
-            if self.relax == "mmff":
-                energies = relax_mmff(mol, ids)
-            else:
-                energies = [relax_xtb(mol, cid, method=self.relax) for cid in ids]
-            for cid, energy in zip(ids, energies):
-                mol.GetConformer(cid).SetDoubleProp("energy", float(energy))
-            if self.energy_window is not None:
-                low = min(energies)
-                for cid, energy in zip(ids, energies):
-                    if energy - low > self.energy_window:
-                        mol.RemoveConformer(cid)
+            self._relax(out, job, notes)
         if self.prune_rms is not None:
-            _prune(mol, self.prune_rms)
+            _prune(out, self.prune_rms)
+        out.SetProp("_Name", job.name)
+        return GenerationResult(job.index, job.name, out, None, notes)
+
+    def _relax(self, mol: Chem.Mol, job: _Job, notes: list[str]) -> None:
+        """Relax every conformer in place, store ``energy``; drop conformers whose configuration the
+        relaxation changed, and those outside the energy window."""
+        ids = [c.GetId() for c in mol.GetConformers()]
+        if self.relax == "mmff":
+            energies = relax_mmff(mol, ids)
+        else:
+            energies = [relax_xtb(mol, cid, method=self.relax, threads=self.num_workers) for cid in ids]
+        pos = np.stack([mol.GetConformer(cid).GetPositions() for cid in ids])
+        seed_of = [self._seed_of(job, mol.GetConformer(cid).GetIntProp("conformer_index")) for cid in ids]
+        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
+        for cid, energy, bad in zip(ids, energies, broken):
+            mol.GetConformer(cid).SetDoubleProp("energy", float(energy))
+            if bad:
+                mol.RemoveConformer(cid)
+        if broken.any():
+            notes.append(f"{int(broken.sum())} conformers changed a configuration during relaxation and were dropped")
+        if mol.GetNumConformers() == 0:
+            raise GenerationError(job.name, "every conformer changed a configuration during relaxation")
+        if self.energy_window is not None:
+            low = min(c.GetDoubleProp("energy") for c in mol.GetConformers())
+            for conf in list(mol.GetConformers()):
+                if conf.GetDoubleProp("energy") - low > self.energy_window:
+                    mol.RemoveConformer(conf.GetId())
+
+
+# what fails one molecule without stopping the others: our typed errors and RDKit / torch errors
+# (ValueError or RuntimeError subclasses, CUDA out-of-memory among them)
+_MOLECULE_ERRORS = (ValueError, RuntimeError)
+
+
+def _item_name(item: Chem.Mol | str) -> str:
+    return item if isinstance(item, str) else mol_name(item)
+
+
+def _failure(index: int, name: str, err: Exception) -> GenerationResult:
+    """A failed result naming the molecule and the reason."""
+    if isinstance(err, (GenerationError, EmbeddingError, RelaxationError)):
+        reason = err.reason
+    elif isinstance(err, torch.OutOfMemoryError):
+        reason = "out of memory while sampling; lower max_atoms_per_batch (--batch-size)"
+    elif isinstance(err, (MoleculeRejected, FeaturizationError)):
+        reason = str(err)
+    else:
+        reason = f"{type(err).__name__}: {err}"
+    return GenerationResult(index, name, None, reason)
 
 
 def _prune(mol: Chem.Mol, threshold: float) -> None:
-    """Greedy heavy-atom RMSD pruning (symmetry-aware), keeping the earlier (or lower-energy) one."""
+    """Greedy heavy-atom RMSD pruning (symmetry-aware): a conformer within ``threshold`` of a kept one
+    is dropped; conformers are visited by energy when relaxed, else in order."""
     heavy = Chem.RemoveHs(mol)
     confs = list(mol.GetConformers())
-    if confs and confs[0].HasProp("energy"):
+    if confs[0].HasProp("energy"):
         confs.sort(key=lambda c: c.GetDoubleProp("energy"))
     kept: list[int] = []
     for conf in confs:
         cid = conf.GetId()
         if all(rdMolAlign.GetBestRMS(heavy, heavy, k, cid) >= threshold for k in kept):
             kept.append(cid)
-    for conf in list(mol.GetConformers()):
-        if conf.GetId() not in kept:
-            mol.RemoveConformer(conf.GetId())
+    for cid in {c.GetId() for c in confs} - set(kept):
+        mol.RemoveConformer(cid)
 
 
 def generate(
@@ -337,13 +599,18 @@ def generate(
     relax: str | None = None,
     prune_rms: float | None = None,
     device: str | None = None,
-    model: str | None = None,
+    model: str | os.PathLike | None = None,
 ) -> Chem.Mol:
-    """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string) with the default model.
+    """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
     >>> mol = confdiff.generate("CCOc1ccccc1C(=O)N", n=10, seed=0)
     >>> mol.GetNumConformers()
     10
+
+    The model is loaded once per (model, device) and kept; see ``ConformerGenerator`` for the options.
     """
-    generator = ConformerGenerator(model, device=device, steps=steps or 20, relax=relax, prune_rms=prune_rms)
+    device = _resolve_device(device)
+    loaded = _cached_model(None if model is None else str(model), str(device))
+    generator = ConformerGenerator(loaded, device=device, steps=DEFAULT_STEPS if steps is None else steps,
+                                   relax=relax, prune_rms=prune_rms)
     return generator.generate(mol_or_smiles, n, seed=seed)

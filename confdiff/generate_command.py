@@ -1,11 +1,15 @@
 """``confdiff generate``: conformer ensembles for a molecule library, streamed, resumable, sharded.
 
-Input records are read one by one and every finished molecule is appended to the output SDF and
-flushed, so a killed run leaves a valid SDF of the molecules done so far; ``--resume`` drops a
-half-written last molecule and completes the rest without duplicates. ``--shard i/N`` takes the
-records whose number is ``i`` modulo ``N`` (run one shard per GPU or machine, then concatenate).
-Every failure names the record and the reason in the ``--errors`` file (or on stderr); the exit
-code is 0 when every molecule succeeded, 1 when some failed, 2 for a usage error.
+Input records are read one by one and every finished molecule is appended to the output SDF in one
+write and flushed, so a killed run leaves a valid SDF of the molecules done so far; ``--resume``
+cuts off a half-written last molecule and completes the rest without duplicates (records are
+identified by their ``record`` property, the 1-based record number of the input). ``--shard i/N``
+takes the records whose 0-based number is ``i`` modulo ``N``; ``--shard auto`` reads ``RANK`` and
+``WORLD_SIZE`` (as set by ``torchrun``), and ``{shard}`` in ``-o`` / ``--errors`` becomes ``i``.
+
+Every failure names the record and the reason in the ``--errors`` file (TSV: record, name, reason)
+or on stderr, and the run goes on. Exit code: 0 when every molecule succeeded, 1 when anything
+failed (a molecule, or an input that could not be read at all), 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -15,192 +19,309 @@ import gzip
 import os
 import sys
 import time
+import zlib
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-from rdkit import Chem
+from .chem.io import MolRecord, MoleculeInputError, SDFWriter, read_molecules, record_text
 
-from .chem.io import MolRecord, SDFWriter, read_molecules, record_text
+__all__ = ["add_arguments", "completed_records", "run"]
 
-__all__ = ["add_arguments", "run", "completed_records"]
+RECORD = "record"  # 1-based input record number, on every output record
+ENSEMBLE_SIZE = "ensemble_size"  # conformers written for that input record
+RELAX_CHOICES = ("none", "mmff", "gfnff", "gfn2")
 
-ENSEMBLE_SIZE = "ensemble_size"
-SOURCE_INDEX = "source_index"
 
-
-def _parse_shard(text: str) -> tuple[int, int]:
+def _parse_shard(text: str) -> tuple[int, int] | None:
+    if text == "auto":
+        return None
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard must look like i/N, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--shard must look like i/N or be 'auto', got {text!r}") from None
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"--shard needs 0 <= i < N, got {text!r}")
     return i, n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", nargs="?", help="SDF / SDF.GZ / SMI / MOL2 file, or - for stdin")
+    parser.add_argument("input", nargs="?", help="SDF / SMI / MOL2 file (optionally .gz), or - for stdin")
     parser.add_argument("--smiles", action="append", default=[], help="a SMILES string (repeatable)")
-    parser.add_argument("-n", "--num-conformers", type=int, default=50, help="conformers per molecule")
-    parser.add_argument("-o", "--output", default="-", help="output SDF (.sdf or .sdf.gz), - for stdout")
-    parser.add_argument("--seed", type=int, default=None, help="base seed; conformer i is reproducible")
-    parser.add_argument("--steps", type=int, default=20, help="reverse-diffusion steps")
-    parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.SAMPLERS")
-    parser.add_argument("--relax", default="none", choices=["none", "mmff", "gfnff", "gfn2"],
-                        help="relax every conformer; energies are written as the `energy` property")
-    parser.add_argument("--prune", type=float, default=None, metavar="RMSD", help="drop near-duplicates (A)")
+    parser.add_argument("-n", "--num-conformers", type=int, default=50, help="conformers per molecule (50)")
+    parser.add_argument("-o", "--output", default="-", help="output SDF (.sdf or .sdf.gz), - for stdout (default)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="base seed: conformer i of a molecule is reproducible whatever the batching")
+    parser.add_argument("--steps", type=int, default=20, help="reverse-diffusion steps (20)")
+    parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")
+    parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
+                        help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
+    parser.add_argument("--prune", type=float, default=None, metavar="RMSD",
+                        help="drop conformers within RMSD (heavy atoms, A) of a kept one")
     parser.add_argument("--energy-window", type=float, default=None, metavar="KCAL",
-                        help="keep conformers within this window of the lowest energy (needs --relax)")
+                        help="keep conformers within KCAL kcal/mol of the lowest (needs --relax)")
     parser.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=20000,
-                        help="most atoms (all conformers together) in one graph batch")
-    parser.add_argument("--num-workers", type=int, default=1, help="threads for ETKDG seeds")
+    parser.add_argument("--batch-size", type=int, default=20000, metavar="ATOMS",
+                        help="most atoms (all conformers of all molecules together) in one graph batch; "
+                             "bounds memory (20000)")
+    parser.add_argument("--num-workers", type=int, default=1, help="threads for ETKDG seeds and xtb (1)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--errors", default=None, help="write failures here (TSV) instead of stderr")
-    parser.add_argument("--resume", action="store_true", help="complete an interrupted run's output")
+    parser.add_argument("--errors", default=None, metavar="TSV", help="write failures here instead of stderr")
+    parser.add_argument("--resume", action="store_true", help="complete an interrupted run's output file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/N|auto",
+                        help="process records i, i+N, i+2N, ...; auto: RANK / WORLD_SIZE from torchrun")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def completed_records(path: Path) -> set[int]:
-    """Source records fully written to ``path``; a half-written last molecule is cut off in place."""
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+# --- resume -------------------------------------------------------------------------------------------
+
+def _open(path: Path, mode: str) -> IO[bytes]:
+    return gzip.open(path, mode) if path.suffix.lower() == ".gz" else open(path, mode)
+
+
+def completed_records(path: str | os.PathLike) -> set[int]:
+    """Input record numbers whose whole ensemble is in the output ``path``.
+
+    A half-written tail (a molecule with fewer records than its ``ensemble_size``, a record without
+    ``$$$$``, a gzip member cut short) is cut off in place. Raises ``ValueError`` for a file that was
+    not written by ``confdiff generate`` (a record without the ``record`` property).
+    """
+    path = Path(path)
     done: set[int] = set()
-    good_end = 0
-    pos = 0
     counts: dict[int, int] = {}
-    for chunk in raw.split(b"$$$$\n")[:-1]:
-        pos += len(chunk) + len(b"$$$$\n")
-        mol = Chem.MolFromMolBlock(chunk.decode(), sanitize=False, removeHs=False)
-        props = dict(_props(chunk.decode()))
-        if mol is None or SOURCE_INDEX not in props:
-            break
-        index, size = int(props[SOURCE_INDEX]), int(props[ENSEMBLE_SIZE])
-        counts[index] = counts.get(index, 0) + 1
-        if counts[index] == size:
-            done.add(index)
-            good_end = pos
-    if good_end != len(raw):
-        data = raw[:good_end]
-        tmp = path.with_name(f".{path.name}.resume.tmp")
-        with (gzip.open(tmp, "wb") if path.suffix == ".gz" else open(tmp, "wb")) as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+    props: dict[str, str] = {}
+    key: str | None = None
+    in_props = False
+    offset = good_end = num = 0
+    try:
+        with _open(path, "rb") as fh:
+            for line in fh:
+                offset += len(line)
+                text = line.decode("utf-8", "replace").rstrip("\r\n")
+                if key is not None:
+                    props[key], key = text.strip(), None
+                elif text.startswith("$$$$"):
+                    num += 1
+                    if RECORD not in props or ENSEMBLE_SIZE not in props:
+                        raise ValueError(f"{path}: SDF record {num} has no <{RECORD}> / <{ENSEMBLE_SIZE}> property; "
+                                         "not an output of confdiff generate")
+                    record = int(props[RECORD])
+                    counts[record] = counts.get(record, 0) + 1
+                    if counts[record] == int(props[ENSEMBLE_SIZE]):
+                        done.add(record)
+                        good_end = offset
+                    props, in_props = {}, False
+                elif text == "M  END":
+                    in_props = True
+                elif in_props and text.startswith(">") and "<" in text:
+                    key = text[text.index("<") + 1:text.rindex(">")]
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        offset = -1  # a gzip member cut short: rewrite below
+    if offset != good_end:
+        _truncate(path, good_end)
     return done
 
 
-def _props(block: str) -> Iterator[tuple[str, str]]:
-    lines = block.split("\n")
-    for k, line in enumerate(lines):
-        if line.startswith(">") and "<" in line and k + 1 < len(lines):
-            yield line[line.index("<") + 1:line.rindex(">")], lines[k + 1].strip()
+def _truncate(path: Path, size: int) -> None:
+    """Keep the first ``size`` (uncompressed) bytes of ``path``."""
+    if path.suffix.lower() != ".gz":
+        os.truncate(path, size)
+        return
+    tmp = path.with_name(f".{path.name}.resume.tmp")
+    with _open(path, "rb") as src, gzip.open(tmp, "wb") as dst:
+        dst.write(src.read(size))
+    os.replace(tmp, path)
 
 
-def _records(args) -> Iterator[MolRecord]:
-    if args.smiles:
-        for k, smi in enumerate(args.smiles):
-            yield from (MolRecord(k, smi, r.mol, r.error, r.warnings) for r in read_molecules(smi, fmt="smiles"))
-    if args.input:
-        offset = len(args.smiles)
-        for r in read_molecules(args.input):
-            yield MolRecord(r.index + offset, r.name, r.mol, r.error, r.warnings)
+# --- reporting ----------------------------------------------------------------------------------------
+
+class _Report:
+    """Failures to the ``--errors`` TSV (or stderr), warnings to stderr, and the progress bar."""
+
+    def __init__(self, errors: Path | None, append: bool, progress: bool):
+        self.num_failed = 0
+        self.errors = None
+        if errors is not None:
+            fresh = not (append and errors.exists() and errors.stat().st_size)
+            self.errors = open(errors, "a" if append else "w")
+            if fresh:
+                self.errors.write("record\tname\treason\n")
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(unit="mol", file=sys.stderr, dynamic_ncols=True)
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def failure(self, record: int | None, name: str, reason: str) -> None:
+        self.num_failed += 1
+        if self.errors is not None:
+            clean = [str(v).replace("\t", " ").replace("\n", " ") for v in ("" if record is None else record, name, reason)]
+            self.errors.write("\t".join(clean) + "\n")
+            self.errors.flush()
+        else:
+            self._say(f"confdiff generate: {_label(record, name)}: {reason}")
+
+    def warning(self, record: int, name: str, text: str) -> None:
+        self._say(f"confdiff generate: {_label(record, name)}: warning: {text}")
+
+    def done(self, conformers: int, elapsed: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(conf_per_s=f"{conformers / max(elapsed, 1e-9):.1f}", failed=self.num_failed)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.errors is not None:
+            self.errors.close()
+
+
+def _label(record: int | None, name: str) -> str:
+    return name if record is None else f"record {record} ({name})"
 
 
 class _StdoutSink:
-    """The subset of SDFWriter used here, writing text to stdout."""
+    """``SDFWriter.write`` to stdout: one SDF record per conformer, flushed per molecule."""
 
-    def __init__(self):
-        self.stream = sys.stdout
+    def write(self, mol, conf_ids, *, name, props, conf_props) -> None:
+        sys.stdout.write("".join(record_text(mol, cid, name, {**props, **cp}) for cid, cp in zip(conf_ids, conf_props)))
+        sys.stdout.flush()
 
-    def write(self, mol, conf_ids=None, *, name=None, props=None, conf_props=None):
-        text = "".join(
-            record_text(mol, cid, name, {"conformer_index": k, **(props or {}), **(conf_props[k] if conf_props else {})})
-            for k, cid in enumerate(conf_ids)
-        )
-        self.stream.write(text)
-        self.stream.flush()
+    def close(self) -> None:
+        sys.stdout.flush()
 
-    def close(self):
-        self.stream.flush()
+
+# --- the run ------------------------------------------------------------------------------------------
+
+def _resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is not None:
+        return shard
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world:
+        raise ValueError(f"--shard auto: RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def _sources(args) -> Iterator[tuple[int, str, MolRecord | str]]:
+    """``(0-based index, name, SMILES or record)``: the ``--smiles`` values, then the input's records."""
+    for k, smiles in enumerate(args.smiles):
+        yield k, smiles, smiles
+    if args.input:
+        for rec in read_molecules(args.input):
+            yield rec.index + len(args.smiles), rec.name, rec
+
+
+def _inputs(args, shard: int, num_shards: int, done: set[int], report: _Report, pending: deque):
+    """The molecules (``Mol`` or SMILES) of this shard still to do. Unreadable records are reported;
+    ``(record, name, input SD properties)`` of every molecule handed out is appended to ``pending``."""
+    for index, name, source in _sources(args):
+        record = index + 1
+        if index % num_shards != shard or record in done:
+            continue
+        if isinstance(source, str):
+            pending.append((record, name, {}))
+            yield source
+            continue
+        if not source.ok:
+            report.failure(record, name, source.error)
+            continue
+        for note in source.warnings:
+            report.warning(record, name, note)
+        pending.append((record, name, source.mol.GetPropsAsDict(includePrivate=False, includeComputed=False)))
+        yield source.mol
 
 
 def run(args: argparse.Namespace) -> int:
-    from .conformers import ConformerGenerator
+    def usage(message: str) -> int:
+        print(f"confdiff generate: {message}", file=sys.stderr)
+        return 2
 
     if not args.input and not args.smiles:
-        print("confdiff generate: give an input file, - for stdin, or --smiles", file=sys.stderr)
-        return 2
+        return usage("give an input file, - for stdin, or --smiles")
+    if args.input and args.input != "-" and not Path(args.input).is_file():
+        return usage(f"{args.input}: no such file")
     if args.energy_window is not None and args.relax == "none":
-        print("confdiff generate: --energy-window needs --relax", file=sys.stderr)
-        return 2
-    out_path = None if args.output == "-" else Path(args.output)
+        return usage("--energy-window needs --relax")
+    if args.num_conformers < 1:
+        return usage(f"-n must be >= 1, got {args.num_conformers}")
+    try:
+        shard, num_shards = _resolve_shard(args.shard)
+    except ValueError as err:
+        return usage(str(err))
+    out_path = None if args.output == "-" else Path(args.output.replace("{shard}", str(shard)))
+    errors_path = None if args.errors is None else Path(args.errors.replace("{shard}", str(shard)))
+    if args.resume and out_path is None:
+        return usage("--resume needs an output file (-o)")
     done: set[int] = set()
     if out_path is not None and out_path.exists() and out_path.stat().st_size:
         if args.resume:
-            done = completed_records(out_path)
-        elif not args.overwrite:
-            print(f"confdiff generate: {out_path} exists; use --resume to complete it or --overwrite",
-                  file=sys.stderr)
-            return 2
-        else:
+            try:
+                done = completed_records(out_path)
+            except ValueError as err:
+                return usage(f"cannot resume: {err}")
+        elif args.overwrite:
             out_path.unlink()
-    errors = open(args.errors, "a" if args.resume else "w") if args.errors else sys.stderr
-    generator = ConformerGenerator(
-        args.model, device=args.device, steps=args.steps, sampler=args.sampler, relax=args.relax,
-        prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
-        embed_threads=args.num_workers,
-    )
-    sink = SDFWriter(out_path, mode="stream") if out_path is not None else _StdoutSink()
-    shard, num_shards = args.shard
-    failures = molecules = conformers = 0
-    start = time.perf_counter()
-    progress = None
-    if not args.no_progress and sys.stderr.isatty():
-        from tqdm import tqdm
+        else:
+            return usage(f"{out_path} exists; use --resume to complete it or --overwrite to replace it")
+    device = args.device
+    if device is None and args.shard is None and "LOCAL_RANK" in os.environ:
+        import torch
 
-        progress = tqdm(unit="mol", file=sys.stderr)
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+
+    from .conformers import ConformerGenerator
+
     try:
-        for record in _records(args):
-            if record.index % num_shards != shard or record.index in done:
-                continue
-            label = f"record {record.index + 1} ({record.name})"
-            if not record.ok:
-                failures += 1
-                print(f"{label}\t{record.error}", file=errors, flush=True)
-                continue
-            result = next(generator.generate_many([record.mol], args.num_conformers, seed=args.seed))
-            for warning in (*record.warnings, *result.warnings):
-                print(f"{label}\twarning: {warning}", file=sys.stderr, flush=True)
+        generator = ConformerGenerator(
+            args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
+            prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
+            num_workers=args.num_workers,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        return usage(str(err))
+
+    report = _Report(errors_path, append=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    sink = SDFWriter(out_path, mode="stream") if out_path is not None else _StdoutSink()
+    pending: deque = deque()
+    molecules = conformers = 0
+    start = time.perf_counter()
+    try:
+        results = generator.generate_many(_inputs(args, shard, num_shards, done, report, pending),
+                                          args.num_conformers, seed=args.seed)
+        for result in results:
+            record, name, input_props = pending.popleft()
+            for note in result.warnings:
+                report.warning(record, name, note)
             if not result.ok:
-                failures += 1
-                print(f"{label}\t{result.error}", file=errors, flush=True)
+                report.failure(record, name, result.error)
                 continue
-            mol = result.mol
-            ids = [c.GetId() for c in mol.GetConformers()]
+            confs = list(result.mol.GetConformers())
             conf_props = []
-            for cid in ids:
-                conf = mol.GetConformer(cid)
-                props = {"seed": conf.GetIntProp("seed")}
+            for conf in confs:
+                props = {"conformer_index": conf.GetIntProp("conformer_index"), "seed": conf.GetIntProp("seed")}
                 if conf.HasProp("energy"):
                     props["energy"] = f"{conf.GetDoubleProp('energy'):.4f}"
                 conf_props.append(props)
-            sink.write(mol, ids, name=record.name,
-                       props={SOURCE_INDEX: record.index, ENSEMBLE_SIZE: len(ids), "generator": "confdiff"},
-                       conf_props=conf_props)
+            sink.write(result.mol, [c.GetId() for c in confs], name=name,
+                       props={**input_props, RECORD: record, ENSEMBLE_SIZE: len(confs)}, conf_props=conf_props)
             molecules += 1
-            conformers += len(ids)
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                progress.set_postfix(conf_per_s=f"{conformers / elapsed:.1f}", failed=failures)
-                progress.update(1)
+            conformers += len(confs)
+            report.done(conformers, time.perf_counter() - start)
+    except MoleculeInputError as err:
+        report.failure(None, args.input, str(err))
     finally:
         sink.close()
-        if progress is not None:
-            progress.close()
-        if errors is not sys.stderr:
-            errors.close()
+        report.close()
     elapsed = time.perf_counter() - start
-    print(f"confdiff generate: {molecules} molecules, {conformers} conformers, {failures} failed, "
+    where = f" (see {errors_path})" if errors_path is not None and report.num_failed else ""
+    print(f"confdiff generate: {molecules} molecules, {conformers} conformers, {report.num_failed} failed{where}, "
           f"{elapsed:.1f} s", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if report.num_failed else 0

@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .diffusion.guidance import classifier_free_guidance
-from .diffusion.likelihood import log_likelihood
+from .diffusion.likelihood import bits_per_dim, log_likelihood
 from .diffusion.losses import denoising_score_matching_loss, score_fn_from_model
 from .diffusion.samplers import SAMPLERS, time_grid
 from .diffusion.schedules import VPCosine
@@ -337,25 +337,28 @@ def _generators(seed: int, start: int, n: int) -> list[torch.Generator]:
 @torch.no_grad()
 def sample_images(model: ImageModel, num: int, *, sampler: str = "heun", steps: int = 50,
                   labels: Tensor | None = None, guidance: float = 0.0, seed: int = 0,
+                  time_grid_kind: str = "uniform", sampler_options: dict | None = None,
                   batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
     """``num`` images ``(num, C, H, W)`` in ``[0, 1]`` from ``SAMPLERS[sampler]`` with ``steps`` steps.
 
     ``labels (num,)`` conditions on classes (None: unconditional); ``guidance`` is the
-    classifier-free guidance weight ``w``.
+    classifier-free guidance weight ``w``; ``time_grid_kind`` and ``sampler_options`` go to
+    :func:`~confdiff.diffusion.samplers.time_grid` and the sampler (e.g. ``rtol`` for ``rk45``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
     if labels is not None and len(labels) != num:
         raise ValueError(f"got {len(labels)} labels for {num} images")
     model.unet.to(device).eval()
-    sde, ts = model.sde, time_grid(steps, t_min=model.diffusion.t_min).to(device)
+    sde = model.sde
+    ts = time_grid(steps, t_min=model.diffusion.t_min, kind=time_grid_kind, schedule=sde.schedule).to(device)
     out = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         gens = _generators(seed, start, n)
         x = sde.prior_sample(torch.empty(n, *model.shape, device=device), gens)
         y = None if labels is None else labels[start : start + n].to(device)
-        x = SAMPLERS[sampler](model.score_fn(y, guidance), x, sde, ts, generator=gens)
+        x = SAMPLERS[sampler](model.score_fn(y, guidance), x, sde, ts, generator=gens, **(sampler_options or {}))
         out.append(to_unit(x).cpu())
     return torch.cat(out)
 
@@ -384,17 +387,31 @@ def _log_prob_gaussian_bin(lo: Tensor, hi: Tensor) -> Tensor:
     return log_hi + torch.log(-torch.expm1(torch.clamp(log_lo - log_hi, max=-1e-300)))
 
 
+def _time_of_sigma(schedule, sigma: float, iters: int = 60) -> float:
+    """The ``t`` in ``(0, 1)`` with ``schedule.sigma(t) = sigma`` (bisection; sigma increases)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(schedule.sigma(torch.tensor(mid, dtype=torch.float64))) < sigma else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 @torch.no_grad()
 def variational_bound_bits_per_dim(model: ImageModel, levels: Tensor, *, steps: int = 1000,
-                                   t_min: float = 1e-3, seed: int = 0, batch_size: int = 512) -> dict:
+                                   t_min: float | None = None, seed: int = 0, batch_size: int = 512) -> dict:
     """The DDPM variational bound (module docstring) in bits/dim, per image ``(N,)`` and its parts.
 
     Null label (unconditional model). Every one of the ``steps`` terms is evaluated with one
-    ``eps`` per image and term. Returns ``{"bpd": (N,), "prior", "diffusion", "decoder"}`` (bits/dim).
+    ``eps`` per image and term. The bound holds for any ``t_min``; by default ``sigma(t_min) = 1/L``,
+    half a bin, which minimised it on training digits (the model is trained on dequantised data,
+    so below that noise level the decoder, not the diffusion, should account for the bins).
+    Returns ``{"bpd": (N,), "prior", "diffusion", "decoder"}`` (bits/dim).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     sched, L = model.sde.schedule, model.num_levels
+    if t_min is None:
+        t_min = _time_of_sigma(sched, 1.0 / L)
     model_fn = model.model_fn(None)
     ts = t_min + (1.0 - t_min) * torch.arange(steps + 1, dtype=torch.float64) / steps
     lam = sched.log_snr(ts)
@@ -446,7 +463,7 @@ def pf_ode_bits_per_dim(model: ImageModel, levels: Tensor, *, seed: int = 0, bat
         gen = torch.Generator().manual_seed(seed * 7919 + start)
         y = dequantize(levels[start : start + batch_size], model.num_levels, gen)
         logp, _ = log_likelihood(score_fn, y, model.sde, generator=gen, **likelihood_kwargs)
-        out.append(-logp.double() / (dims * math.log(2.0)) + math.log2(model.num_levels / 2.0))
+        out.append(bits_per_dim(logp.double(), dims, n_bins=model.num_levels, data_scale=2.0))
     return torch.cat(out)
 
 
@@ -494,6 +511,14 @@ def _parse_label(text: str) -> int | str:
     return text if text == "cycle" else int(text)
 
 
+def _parse_option(text: str) -> tuple[str, float | int]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    number = float(value)
+    return key, int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``confdiff image train | sample | nll | export``."""
     sub = parser.add_subparsers(dest="image_command", metavar="ACTION", required=True)
@@ -518,8 +543,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("sample", help="sample images (PNG grid and npz)")
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped digits model)")
-    p.add_argument("--sampler", default="heun", help=f"one of the core's samplers")
+    p.add_argument("--sampler", default="heun", help="a name in confdiff.diffusion.samplers.SAMPLERS")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--time-grid", default="uniform", help="time_grid kind: uniform, quadratic, log, log_snr, edm")
+    p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="extra sampler keyword, e.g. rtol=1e-3 (rk45), eta=1 (ddim); repeatable")
     p.add_argument("--label", type=_parse_label, default=None, help="class index, or 'cycle' for 0, 1, 2, ...")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance weight w")
     p.add_argument("-n", "--num", type=int, default=100)
@@ -535,7 +563,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--num-images", type=int, default=None)
     p.add_argument("--method", default="both", choices=["both", "pf-ode", "elbo"])
     p.add_argument("--elbo-steps", type=int, default=1000)
-    p.add_argument("--elbo-t-min", type=float, default=1e-3)
+    p.add_argument("--elbo-t-min", type=float, default=None, help="decoder time t_0 (default: sigma(t_0) = 1/L)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the numbers as JSON")
 
@@ -570,7 +598,8 @@ def _run_sample(args) -> int:
             raise ValueError(f"--label {args.label} outside 0..{model.num_classes - 1}")
         labels = torch.full((args.num,), args.label)
     images = sample_images(model, args.num, sampler=args.sampler, steps=args.steps, labels=labels,
-                           guidance=args.guidance, seed=args.seed, device=args.device)
+                           guidance=args.guidance, seed=args.seed, time_grid_kind=args.time_grid,
+                           sampler_options=dict(args.option), device=args.device)
     images = images[:, 0]  # (N, H, W), single channel
     np.savez_compressed(args.out, images=images.numpy().astype(np.float32),
                         labels=(labels if labels is not None else torch.full((args.num,), -1)).numpy())

@@ -91,8 +91,8 @@ def test_seconds_of_training_on_a_tiny_subset_lower_the_loss(tmp_path):
     torch.manual_seed(0)
     unet = UNetConfig(resolution=8, channels=16, channel_mult=(1, 2), attention_resolutions=(), num_classes=10,
                       dropout=0.0)
-    config = TrainConfig(lr=2e-3, batch_size=32, max_steps=40, ema_decay=0.9, log_every=10,
-                         checkpoint_every=40, eval_every=40, seed=0)
+    config = TrainConfig(lr=2e-3, batch_size=32, max_steps=30, ema_decay=0.9, log_every=10,
+                         checkpoint_every=30, eval_every=30, seed=0)
     diffusion = ImageDiffusionConfig()
     data = load_dataset("digits", "train").subset(64)
     batch = (data.levels, data.labels)
@@ -106,17 +106,21 @@ def test_seconds_of_training_on_a_tiny_subset_lower_the_loss(tmp_path):
                                 num_train=64, progress=False)
     before = 64.0  # a fresh eps-model outputs 0: E||eps||^2 = 64 pixels
     after = fixed_loss(trainer.ema)
-    print('loss after', after)
     assert after < 0.6 * before
     model = ImageModel.from_checkpoint(tmp_path / "checkpoint.pt")
     assert model.shape == (1, 8, 8) and model.num_levels == 17 and model.dataset == "digits"
     assert fixed_loss(model.unet) == pytest.approx(after, rel=1e-5)
 
 
+# keep the adaptive solver and the Langevin inner loop cheap; every other sampler runs as it is
+FAST_OPTIONS = {"rk45": {"rtol": 1e-2, "atol": 1e-2}, "annealed_langevin": {"n_steps_each": 1}}
+
+
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_runs_on_the_shipped_model(shipped, name):
     labels = torch.tensor([3, 7, 1])
-    images = sample_images(shipped, 3, sampler=name, steps=4, labels=labels, guidance=1.0, seed=5)
+    images = sample_images(shipped, 3, sampler=name, steps=4, labels=labels, guidance=1.0, seed=5,
+                           sampler_options=FAST_OPTIONS.get(name))
     assert images.shape == (3, 1, 8, 8)
     assert images.min() >= 0.0 and images.max() <= 1.0 and torch.isfinite(images).all()
 
@@ -124,7 +128,7 @@ def test_every_sampler_runs_on_the_shipped_model(shipped, name):
 def test_samples_do_not_depend_on_the_batch(shipped):
     a = sample_images(shipped, 4, sampler="ddim", steps=5, seed=2, batch_size=4)
     b = sample_images(shipped, 4, sampler="ddim", steps=5, seed=2, batch_size=2)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # float round-off only
 
 
 def test_gaussian_bin_log_probability():
@@ -140,7 +144,7 @@ def test_gaussian_bin_log_probability():
 
 def test_variational_bound_parts_on_the_shipped_model(shipped):
     levels = load_dataset("digits", "test").levels[:8]
-    vb = variational_bound_bits_per_dim(shipped, levels, steps=20)
+    vb = variational_bound_bits_per_dim(shipped, levels, steps=50)
     assert vb["bpd"].shape == (8,)
     torch.testing.assert_close(vb["bpd"], vb["prior"] + vb["diffusion"] + vb["decoder"])
     assert (vb["prior"] >= 0).all() and (vb["diffusion"] >= 0).all() and (vb["decoder"] >= 0).all()

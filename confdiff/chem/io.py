@@ -41,6 +41,7 @@ __all__ = [
     "check_molecule",
     "detect_format",
     "read_molecules",
+    "record_text",
 ]
 
 # Elements ETKDG, MMFF94 / GFN-FF and the model's vocabulary are meant for.
@@ -343,7 +344,8 @@ def read_molecules(source: str | os.PathLike, *, fmt: str | None = None) -> Iter
 
 # -- writing ---------------------------------------------------------------------------------------
 
-def _record_text(mol: Chem.Mol, conf_id: int, name: str, props: Mapping[str, Any]) -> str:
+def record_text(mol: Chem.Mol, conf_id: int, name: str, props: Mapping[str, Any]) -> str:
+    """One SDF record (molfile block titled ``name``, then ``props`` as data items, then ``$$$$``)."""
     block = Chem.MolToMolBlock(mol, confId=conf_id)
     lines = [name.replace("\n", " "), *block.split("\n")[1:]]
     out = "\n".join(lines).rstrip("\n") + "\n"
@@ -409,7 +411,7 @@ class SDFWriter:
         text = ""
         for k, cid in enumerate(ids):
             record_props = {"conformer_index": k, **(props or {}), **(conf_props[k] if conf_props else {})}
-            text += _record_text(mol, cid, name, record_props)
+            text += record_text(mol, cid, name, record_props)
         data = text.encode()
         if self.mode == "stream" and self.gzip:
             data = gzip.compress(data)

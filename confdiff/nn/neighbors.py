@@ -1,8 +1,9 @@
 """Capped neighbour lists computed within each graph of a batch (never across the whole batch).
 
-Both functions pad every graph to the largest one, ``(G, n_max, ...)``, so their cost is
-``G * n_max^2`` rather than ``N_total^2``. Selection runs without gradients; callers recompute edge
-vectors from positions so that scores stay differentiable in ``pos``.
+Both functions pad the coordinates of every graph to the largest one, ``(3, G, n_max)``, and compare
+each atom (or bond centre) with its own graph only: cost ``N * n_max`` rather than ``N_total^2``.
+Selection runs without gradients; callers recompute edge vectors from positions so that scores stay
+differentiable in ``pos``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ class AtomNeighbors(NamedTuple):
     bond: Tensor
 
 
-def _dense_layout(batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, int]:
-    """Per-atom graph offsets ``ptr[batch] (N,)``, local indices ``(N,)`` and the largest graph size."""
+def _dense_layout(pos: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-atom graph offsets ``(N,)`` and local indices ``(N,)``, coordinates padded per graph
+    channels first ``(3, G, n_max)`` and a mask of real atoms ``(G, n_max)``."""
     counts = torch.bincount(batch, minlength=num_graphs)
     ptr = torch.cumsum(counts, 0) - counts
     local = torch.arange(batch.numel(), device=batch.device) - ptr[batch]
-    return ptr[batch], local, int(counts.max()) if num_graphs else 0
+    n_max = int(counts.max()) if num_graphs else 0
+    dense = pos.new_zeros(3, num_graphs, n_max)
+    dense[:, batch, local] = pos.t()
+    exists = torch.zeros(num_graphs, n_max, dtype=torch.bool, device=pos.device)
+    exists[batch, local] = True
+    return ptr[batch], local, dense, exists
 
 
 @torch.no_grad()
@@ -46,28 +53,24 @@ def atom_neighbors(
     candidates keeps its bonded atoms and the nearest others.
     """
     num_atoms = pos.shape[0]
-    offset, local, n_max = _dense_layout(batch, num_graphs)
-    dense = pos.new_zeros(num_graphs, n_max, 3)
-    dense[batch, local] = pos
-    exists = torch.zeros(num_graphs, n_max, dtype=torch.bool, device=pos.device)
-    exists[batch, local] = True
-
-    key = (dense[:, :, None, :] - dense[:, None, :, :]).pow(2).sum(-1)  # (G, n, n) squared distances
-    key.masked_fill_(key > cutoff**2, float("inf"))
-    key.masked_fill_(~exists[:, None, :], float("inf"))
-    key.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    bond_id = torch.full((num_graphs, n_max, n_max), -1, dtype=torch.long, device=pos.device)
+    offset, local, dense, exists = _dense_layout(pos, batch, num_graphs)
+    n_max = dense.shape[2]
+    rows = torch.arange(num_atoms, device=pos.device)
+    # squared distances from each atom to every atom slot of its graph, (N, n_max)
+    key = sum((c[batch] - p[:, None]).square_() for c, p in zip(dense, pos.t()))
+    key.masked_fill_((key > cutoff**2) | ~exists[batch], float("inf"))
+    key[rows, local] = float("inf")
+    bond_id = torch.full((num_atoms, n_max), -1, dtype=torch.long, device=pos.device)
     src_b, dst_b = edge_index
-    bond_id[batch[dst_b], local[dst_b], local[src_b]] = torch.arange(src_b.numel(), device=pos.device)
-    key.masked_fill_(bond_id >= 0, -1.0)  # bonded atoms sort first
+    bond_id[dst_b, local[src_b]] = torch.arange(src_b.numel(), device=pos.device)
+    key[dst_b, local[src_b]] = -1.0  # bonded atoms sort first
 
     degree = int(torch.bincount(dst_b, minlength=num_atoms).max()) if dst_b.numel() else 0
     num_slots = max(1, min(max(max_neighbors, degree), n_max - 1))
-    dist, idx = key[batch, local].topk(num_slots, dim=-1, largest=False)  # (N, K)
+    dist, idx = key.topk(num_slots, dim=-1, largest=False)  # (N, K)
     valid = dist < float("inf")
-    self_index = torch.arange(num_atoms, device=pos.device)[:, None]
-    src = torch.where(valid, offset[:, None] + idx, self_index)
-    bond = torch.where(valid, bond_id[batch[:, None], local[:, None], idx], -1)
+    src = torch.where(valid, offset[:, None] + idx, rows[:, None])
+    bond = torch.where(valid, bond_id.gather(1, idx), -1)
     return AtomNeighbors(src.t().reshape(-1), valid.t().reshape(-1), bond.t().reshape(-1))
 
 
@@ -81,16 +84,12 @@ def bond_neighbors(
     ``valid (K, T)`` bool, with ``K = min(max_neighbors, largest graph size)``.
     """
     num_bonds = bonds.shape[1]
-    offset, local, n_max = _dense_layout(batch, num_graphs)
+    offset, local, dense, exists = _dense_layout(pos, batch, num_graphs)
+    n_max = dense.shape[2]
     u, v = bonds
     graph = batch[u]
-    dense = pos.new_zeros(num_graphs, n_max, 3)
-    dense[batch, local] = pos
-    exists = torch.zeros(num_graphs, n_max, dtype=torch.bool, device=pos.device)
-    exists[batch, local] = True
-
     centre = 0.5 * (pos[u] + pos[v])
-    key = (dense[graph] - centre[:, None, :]).pow(2).sum(-1)  # (T, n)
+    key = sum((c[graph] - m[:, None]).square_() for c, m in zip(dense, centre.t()))  # (T, n) squared distances
     key.masked_fill_(key > cutoff**2, float("inf"))
     key.masked_fill_(~exists[graph], float("inf"))
     rows = torch.arange(num_bonds, device=pos.device)

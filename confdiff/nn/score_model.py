@@ -20,7 +20,7 @@ from torch import Tensor
 from confdiff.diffusion.torus import wrapped_normal_score_norm
 from confdiff.nn.neighbors import atom_neighbors, bond_neighbors
 from confdiff.nn.scatter import scatter_mean
-from confdiff.nn.tfn import GaussianRBF, TensorFieldConv, DepthwiseTensorProduct, cosine_cutoff
+from confdiff.nn.tfn import DepthwiseTensorProduct, GaussianRBF, IrrepsLinear, TensorFieldConv, cosine_cutoff
 
 __all__ = ["ScoreModelConfig", "ScoreModel", "SigmaEmbedding"]
 
@@ -102,6 +102,11 @@ def _linear_t(layer: torch.nn.Linear, x_t: Tensor) -> Tensor:
     return torch.addmm(layer.bias[:, None], layer.weight, x_t) if layer.bias is not None else layer.weight @ x_t
 
 
+def _spherical_harmonics(irreps: o3.Irreps | str, unit: Tensor) -> Tensor:
+    """Component-normalised spherical harmonics of unit vectors, channels first: ``(3, E) -> (dim, E)``."""
+    return o3.spherical_harmonics(irreps, unit.t(), normalize=False, normalization="component").t()
+
+
 def _safe_norm(vec: Tensor, dim: int) -> Tensor:
     """Euclidean norm with a finite gradient at zero (empty neighbour slots hold zero vectors)."""
     return vec.pow(2).sum(dim).clamp_min(1e-12).sqrt()
@@ -141,11 +146,11 @@ class ScoreModel(torch.nn.Module):
         self.pos_src = torch.nn.Parameter(torch.randn(ed, ns) / ns**0.5)
         self.pos_dst = torch.nn.Parameter(torch.randn(ed, ns) / ns**0.5)
         self.pos_edge_out = torch.nn.Linear(ed, 1)
-        self.pos_linear = o3.Linear(self.irreps_node, "1x1o")
+        self.pos_linear = IrrepsLinear(self.irreps_node, "1x1o")
 
         # torsion head: bond-centred convolution, harmonics of (atom - centre) coupled with the axis (2e)
         node_irs = [ir for _, ir in self.irreps_node]
-        self.tor_sh = o3.FullTensorProduct(self.irreps_sh, "2e", filter_ir_out=node_irs)
+        self.tor_sh = DepthwiseTensorProduct(self.irreps_sh, "2e", node_irs)  # used unweighted
         self.tor_rbf = GaussianRBF(0.0, c.torsion_cutoff, c.num_rbf)
         self.tor_rbf_proj = torch.nn.Linear(c.num_rbf, ed)
         self.tor_edge_out = torch.nn.Linear(ed, ed)
@@ -172,33 +177,32 @@ class ScoreModel(torch.nn.Module):
         num_graphs, num_atoms = sigma_tor.shape[0], pos.shape[0]
         graph = batch.batch if batch.batch is not None else pos.new_zeros(num_atoms, dtype=torch.long)
 
-        # --- node embedding: atom features and both noise levels -> ns x 0e
+        # --- node embedding: atom features and both noise levels -> ns x 0e; features channels first
         sigma_features = torch.cat([self.sigma_embedding(sigma_tor), self.sigma_embedding(sigma_pos)], dim=1)
-        h = self.node_embedding(torch.cat([x, sigma_features[graph]], dim=1))
+        h = self.node_embedding(torch.cat([x, sigma_features[graph]], dim=1)).t()  # (ns, N)
 
         # --- edges: K slots per atom (bonds, then nearest atoms within the cutoff), edge index last
         nbr = atom_neighbors(pos, graph, num_graphs, batch.edge_index, c.cutoff, c.max_neighbors)
         num_slots = nbr.src.shape[0] // num_atoms
         pos_t = pos.t()
-        vec = (pos_t[:, nbr.src].view(3, num_slots, num_atoms) - pos_t[:, None, :]).view(3, -1)  # (3, E) i -> src
+        vec = (pos_t.index_select(1, nbr.src).view(3, num_slots, num_atoms) - pos_t[:, None, :]).view(3, -1)
         dist = _safe_norm(vec, 0)
         unit = vec / dist
-        is_bond = nbr.bond >= 0
-        envelope = torch.where(is_bond, torch.ones_like(dist), cosine_cutoff(dist, c.cutoff)) * nbr.valid
-        sh = o3.spherical_harmonics(self.irreps_sh, unit.t(), normalize=False, normalization="component").t() * envelope
-        bond_table = torch.cat([self.bond_proj(batch.edge_attr).t(), self.nonbond_embedding[:, None]], dim=1)
+        envelope = torch.where(nbr.bond >= 0, torch.ones_like(dist), cosine_cutoff(dist, c.cutoff)) * nbr.valid
+        sh = _spherical_harmonics(self.irreps_sh, unit) * envelope  # (irreps_sh.dim, E)
+        bond_table = torch.cat([_linear_t(self.bond_proj, batch.edge_attr.t()), self.nonbond_embedding[:, None]], 1)
         edge_emb = _linear_t(self.rbf_proj, self.rbf(dist)) + bond_table[:, nbr.bond]  # bond -1: non-bond column
         edge_emb = _linear_t(self.edge_out, torch.nn.functional.silu(edge_emb))  # (edge_dim, E)
 
         for layer in self.layers:
             h = layer(h, nbr.src, sh, edge_emb)
-        s = h[:, : c.num_scalars]
+        s = h[: c.num_scalars]  # (ns, N)
 
         # --- position score: sum_j phi(e_ij, s_i, s_j) (r_j - r_i)/|r_j - r_i| + W h_i (1o), then / sigma
-        z = edge_emb + (self.pos_src @ s.t())[:, nbr.src]
-        z = (z.view(-1, num_slots, num_atoms) + (self.pos_dst @ s.t())[:, None, :]).view(-1, nbr.src.shape[0])
-        phi = _linear_t(self.pos_edge_out, torch.nn.functional.silu(z)) * envelope  # (1, E)
-        pos_score = (phi * unit).view(3, num_slots, num_atoms).sum(1).t() + self.pos_linear(h)
+        z = (edge_emb + (self.pos_src @ s).index_select(1, nbr.src)).view(-1, num_slots, num_atoms)
+        z = torch.nn.functional.silu(z + (self.pos_dst @ s)[:, None, :]).view(-1, nbr.src.shape[0])
+        phi = _linear_t(self.pos_edge_out, z) * envelope  # (1, E)
+        pos_score = ((phi * unit).view(3, num_slots, num_atoms).sum(1) + self.pos_linear(h)).t()  # (N, 3)
         pos_score = pos_score / sigma_pos[graph, None]
         pos_score = pos_score - scatter_mean(pos_score, graph, num_graphs)[graph]
 
@@ -214,27 +218,27 @@ class ScoreModel(torch.nn.Module):
         atoms, valid = bond_neighbors(pos, graph, num_graphs, bonds, c.torsion_cutoff, c.torsion_max_neighbors)
         num_slots, num_bonds = atoms.shape
         atoms, valid = atoms.view(-1), valid.view(-1)
-        centre = 0.5 * (pos[u] + pos[v])  # (T, 3)
-        axis = pos[v] - pos[u]
-        vec = (pos[atoms].view(num_slots, num_bonds, 3) - centre).view(-1, 3)  # (K T, 3)
-        dist = _safe_norm(vec, 1)
-        envelope = cosine_cutoff(dist, c.torsion_cutoff) * valid
-        sh = o3.spherical_harmonics(self.irreps_sh, vec / dist[:, None], normalize=False, normalization="component") * envelope[:, None]
-        axis_sh = o3.spherical_harmonics("2e", axis, normalize=True, normalization="component")  # even in the axis: u <-> v symmetric
-        edge_sh = self.tor_sh(sh, axis_sh.repeat(num_slots, 1)).t()  # (irreps, K T)
+        pos_t = pos.t()
+        centre = 0.5 * (pos_t[:, u] + pos_t[:, v])  # (3, T)
+        vec = (pos_t[:, atoms].view(3, num_slots, num_bonds) - centre[:, None, :]).view(3, -1)  # (3, K T)
+        dist = _safe_norm(vec, 0)
+        sh = _spherical_harmonics(self.irreps_sh, vec / dist) * (cosine_cutoff(dist, c.torsion_cutoff) * valid)
+        axis = pos_t[:, v] - pos_t[:, u]
+        axis_sh = _spherical_harmonics("2e", axis / _safe_norm(axis, 0))  # even: symmetric in u <-> v
+        axis_sh = axis_sh[:, None, :].expand(-1, num_slots, -1).reshape(axis_sh.shape[0], -1)  # (5, K T)
+        edge_sh = self.tor_sh(sh, axis_sh, None)  # (Y(r) x Y2(axis)) up to l = 1, (dim, K T)
 
-        bond_s = s[u] + s[v]  # (T, ns), symmetric in u <-> v
+        bond_s = s[:, u] + s[:, v]  # (ns, T), symmetric in u <-> v
         edge_emb = _linear_t(self.tor_rbf_proj, self.tor_rbf(dist))
         edge_emb = _linear_t(self.tor_edge_out, torch.nn.functional.silu(edge_emb))  # (edge_dim, K T)
-        z = edge_emb + (self.tor_atom_proj @ s.t())[:, atoms]
-        z = (z.view(-1, num_slots, num_bonds) + (self.tor_bond_proj @ bond_s.t())[:, None, :]).view(-1, atoms.shape[0])
-        weight = _linear_t(self.tor_weight, torch.nn.functional.silu(z))
-        out = self.tor_tp(h.t()[:, atoms], edge_sh, weight, num_slots)  # (irreps_out.dim, T)
+        z = (edge_emb + (self.tor_atom_proj @ s).index_select(1, atoms)).view(-1, num_slots, num_bonds)
+        z = torch.nn.functional.silu(z + (self.tor_bond_proj @ bond_s)[:, None, :]).view(-1, atoms.shape[0])
+        out = self.tor_tp(h.index_select(1, atoms), edge_sh, _linear_t(self.tor_weight, z), num_slots)  # (dim, T)
         out = out / valid.view(num_slots, num_bonds).sum(0).clamp_min(1).sqrt()  # sum / sqrt(#neighbours)
 
         irreps = self.tor_tp.irreps_out
         odd = torch.cat([out[sl] for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0o")]).t()
         even = torch.cat([out[sl] for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e")]).t()
-        gate = self.tor_even(torch.cat([even, bond_s], dim=1))
+        gate = self.tor_even(torch.cat([even, bond_s.t()], dim=1))
         score = self.tor_out(torch.tanh(self.tor_odd(odd)) * gate).squeeze(1)  # odd in `odd`: a 0o scalar
         return score * wrapped_normal_score_norm(batch.sigma_tor[graph[u]]).sqrt()

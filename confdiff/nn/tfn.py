@@ -1,10 +1,12 @@
 """e3nn tensor-field-network layers (Thomas et al. 2018), NequIP-style interactions (Batzner et al. 2022).
 
-Edge tensors are stored **edge index last**, ``(features, E)``: on a CPU an elementwise product over a
-long contiguous last axis vectorises, whereas e3nn's per-edge einsums over ``(E, mul, 2l+1)`` blocks
-run ~10x slower (measured in ``scripts/bench_score_model.py``'s notes). Edges are grouped in ``K``
-slots per receiving atom, slot-major: edge ``k * N + i`` sends ``src[k * N + i] -> i``, so aggregation
-is a sum over the slot axis instead of a scatter.
+Features are **channels first**: ``(irreps.dim, N)`` per atom and ``(dim, E)`` per edge, each irrep
+block laid out as e3nn's ``(mul, 2l+1)`` rows. On a CPU, products over the long contiguous last axis
+vectorise, whereas e3nn's ``TensorProduct`` / ``Linear`` einsums over ``(E, mul, 2l+1)`` were 5-10x
+slower here (``scripts/bench_score_model.py``); the modules below keep e3nn's maths (irreps, Clebsch-
+Gordan coefficients, normalisation; tests compare them with e3nn) in this layout. Edges are grouped in
+``K`` slots per receiving atom, slot-major: edge ``k * N + i`` sends ``src[k * N + i] -> i``, so the
+aggregation is a sum over the slot axis rather than a scatter.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import math
 
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
 from torch import Tensor
 
 __all__ = [
     "GaussianRBF",
     "cosine_cutoff",
+    "IrrepsLinear",
     "EquivariantLayerNorm",
     "DepthwiseTensorProduct",
     "TensorFieldConv",
@@ -47,11 +49,60 @@ def cosine_cutoff(d: Tensor, cutoff: float) -> Tensor:
     return torch.where(d < cutoff, 0.5 * (torch.cos(d * (math.pi / cutoff)) + 1.0), torch.zeros_like(d))
 
 
-class EquivariantLayerNorm(torch.nn.Module):
-    """Per-node layer norm of each irrep block: even scalars centred, every block divided by its RMS.
+class IrrepsLinear(torch.nn.Module):
+    r"""Equivariant linear map between irreps on channels-first features: the maths of ``o3.Linear``.
 
-    The RMS over a block's channels is invariant, so the map is equivariant (odd scalars stay odd).
-    Learnable per-channel scale; a bias on even scalars only. ``forward(x (N, irreps.dim))``.
+    Each output block is :math:`\sum_{\text{inputs of its irrep}} W^\top x / \sqrt{\text{fan-in}}`, weights
+    ~ N(0, 1) stored flat in ``o3.Linear``'s instruction order (tested equal), plus a zero-initialised
+    bias on ``0e`` outputs when ``bias``. One matrix product per output block over ``(fan-in, (2l+1) N)``.
+    ``forward(x (irreps_in.dim, N)) -> (irreps_out.dim, N)``.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps | str, irreps_out: o3.Irreps | str, bias: bool = False) -> None:
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        in_slices = self.irreps_in.slices()
+        # per output block: [(input rows, weight start, weight end, mul_in)], bias start or None
+        self._plan: list[tuple[list, int | None]] = [([], None) for _ in self.irreps_out]
+        num_weights = num_biases = 0
+        for i_in, (mul_in, ir_in) in enumerate(self.irreps_in):
+            for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
+                if ir_in == ir_out:
+                    size = mul_in * mul_out
+                    self._plan[i_out][0].append((in_slices[i_in], num_weights, num_weights + size, mul_in))
+                    num_weights += size
+        if bias:
+            for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
+                if ir_out == o3.Irrep("0e"):
+                    self._plan[i_out] = (self._plan[i_out][0], num_biases)
+                    num_biases += mul_out
+        self.weight = torch.nn.Parameter(torch.randn(num_weights))
+        self.bias = torch.nn.Parameter(torch.zeros(num_biases)) if num_biases else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        num_nodes = x.shape[1]
+        blocks = []
+        for (mul_out, ir_out), (inputs, bias_start) in zip(self.irreps_out, self._plan):
+            if inputs:
+                weight = torch.cat([self.weight[a:b].view(m, mul_out) for _, a, b, m in inputs])  # (fan-in, mul_out)
+                rows = [x[sl] for sl, _, _, _ in inputs]
+                rows = (rows[0] if len(rows) == 1 else torch.cat(rows)).reshape(-1, ir_out.dim * num_nodes)
+                out = (weight.t() @ rows) * weight.shape[0] ** -0.5  # (mul_out, (2l+1) N)
+            else:
+                out = x.new_zeros(mul_out, ir_out.dim * num_nodes)
+            if bias_start is not None:
+                out = out + self.bias[bias_start : bias_start + mul_out, None]
+            blocks.append(out.view(mul_out * ir_out.dim, num_nodes))
+        return torch.cat(blocks)
+
+
+class EquivariantLayerNorm(torch.nn.Module):
+    """Layer norm of each irrep block of channels-first features: even scalars centred, then every
+    block divided by its RMS over channels and components.
+
+    The RMS is invariant, so the map is equivariant (odd scalars stay odd). Learnable per-channel
+    scale; a bias on even scalars only. ``forward(x (irreps.dim, N)) -> (irreps.dim, N)``.
     """
 
     def __init__(self, irreps: o3.Irreps | str, eps: float = 1e-5) -> None:
@@ -62,20 +113,21 @@ class EquivariantLayerNorm(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros(sum(mul for mul, ir in self.irreps_in if ir == o3.Irrep("0e"))))
 
     def forward(self, x: Tensor) -> Tensor:
+        num_nodes = x.shape[1]
         blocks = []
         i_weight = i_bias = 0
         for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices()):
-            field = x[:, sl].reshape(-1, mul, ir.dim)
+            field = x[sl].reshape(mul, ir.dim, num_nodes)
             if ir == o3.Irrep("0e"):
-                field = field - field.mean(dim=1, keepdim=True)
-            inv_rms = field.pow(2).mean(dim=(1, 2), keepdim=True).add(self.eps).rsqrt()
-            field = field * inv_rms * self.weight[i_weight : i_weight + mul, None]
+                field = field - field.mean(dim=0, keepdim=True)
+            inv_rms = field.pow(2).mean(dim=(0, 1), keepdim=True).add(self.eps).rsqrt()  # (1, 1, N)
+            field = field * inv_rms * self.weight[i_weight : i_weight + mul, None, None]
             if ir == o3.Irrep("0e"):
-                field = field + self.bias[i_bias : i_bias + mul, None]
+                field = field + self.bias[i_bias : i_bias + mul, None, None]
                 i_bias += mul
             i_weight += mul
-            blocks.append(field.reshape(-1, mul * ir.dim))
-        return torch.cat(blocks, dim=1)
+            blocks.append(field.view(mul * ir.dim, num_nodes))
+        return torch.cat(blocks)
 
 
 class DepthwiseTensorProduct(torch.nn.Module):
@@ -87,8 +139,9 @@ class DepthwiseTensorProduct(torch.nn.Module):
     "uvu", True), ...], shared_weights=False, internal_weights=False)`` (same weight layout, tested), but
     every tensor has the edge index last.
 
-    ``forward(x (irreps_in.dim, E), sh (irreps_sh.dim, E), weight (weight_numel, E)) -> (irreps_out.dim, E)``;
-    with ``num_slots=K`` the edges are ``K`` slot-major groups of ``N`` and the output is summed over
+    ``forward(x (irreps_in.dim, E), sh (irreps_sh.dim, E), weight (weight_numel, E) or None) ->
+    (irreps_out.dim, E)``; ``weight=None`` means unit weights (a plain, unweighted tensor product).
+    With ``num_slots=K`` the edges are ``K`` slot-major groups of ``N`` and the output is summed over
     the slots, ``(irreps_out.dim, N)``.
     """
 
@@ -119,30 +172,38 @@ class DepthwiseTensorProduct(torch.nn.Module):
         self.weight_numel = sum(self.irreps_in[i_in].mul for i_in, _, _ in self.instructions)
 
         # cg_p (d1 * d3, d2): contracting it with Y gives the (d1, d3) coupling matrix of path p per edge.
+        # Kept in float64 (cast where used) so that a float64 model is equivariant to float64 precision.
         for p, (i_in, i_sh, i_out) in enumerate(self.instructions):
             l1, l2, l3 = self.irreps_in[i_in].ir.l, self.irreps_sh[i_sh].ir.l, self.irreps_out[i_out].ir.l
-            cg = o3.wigner_3j(l1, l2, l3) * math.sqrt(2 * l3 + 1)  # (d1, d2, d3), e3nn "component" norm
-            self.register_buffer(f"cg_{p}", cg.permute(0, 2, 1).reshape((2 * l1 + 1) * (2 * l3 + 1), 2 * l2 + 1))
+            cg = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt(2 * l3 + 1)  # e3nn "component" norm
+            cg = cg.permute(0, 2, 1).reshape((2 * l1 + 1) * (2 * l3 + 1), 2 * l2 + 1)
+            self.register_buffer(f"cg_{p}", cg, persistent=False)
 
-    def forward(self, x: Tensor, sh: Tensor, weight: Tensor, num_slots: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, sh: Tensor, weight: Tensor | None, num_slots: int | None = None) -> Tensor:
         num_edges = x.shape[1]
         in_slices, sh_slices = self.irreps_in.slices(), self.irreps_sh.slices()
-        couplings: dict[tuple[int, int, int], Tensor] = {}  # paths with equal (l1, l2, l3) share one
+        couplings: dict[tuple[int, int, int], Tensor] = {}  # shared by paths with equal (l1, sh block, l3)
         outs: list[Tensor] = [x.new_empty(0)] * len(self.irreps_out)
         offset = 0
         for p, (i_in, i_sh, i_out) in enumerate(self.instructions):
             mul, ir_in = self.irreps_in[i_in]
-            d1, d3 = ir_in.dim, self.irreps_out[i_out].ir.dim
-            key = (ir_in.l, self.irreps_sh[i_sh].ir.l, self.irreps_out[i_out].ir.l)
-            if key not in couplings:
-                couplings[key] = (getattr(self, f"cg_{p}") @ sh[sh_slices[i_sh]]).view(d1, d3, num_edges)
-            coupling = couplings[key]
-            xw = x[in_slices[i_in]].view(mul, d1, num_edges) * weight[offset : offset + mul, None, :]
-            offset += mul
-            out = xw[:, 0, None, :] * coupling[0]
-            for i in range(1, d1):
-                out = out + xw[:, i, None, :] * coupling[i]
-            out = out.view(mul * d3, num_edges)  # (mul, d3) flattened as e3nn does
+            d1, d3, l2 = ir_in.dim, self.irreps_out[i_out].ir.dim, self.irreps_sh[i_sh].ir.l
+            xw = x[in_slices[i_in]].reshape(mul, d1, num_edges)
+            if weight is not None:
+                xw = xw * weight[offset : offset + mul, None, :]
+                offset += mul
+            if l2 == 0:  # sqrt(2l+1) C^{l0l}_{i0k} = delta_ik: a product with Y_0
+                out = xw * sh[sh_slices[i_sh]] if weight is None else xw.mul_(sh[sh_slices[i_sh]])
+            else:
+                key = (ir_in.l, i_sh, self.irreps_out[i_out].ir.l)
+                if key not in couplings:
+                    cg = getattr(self, f"cg_{p}").to(sh.dtype)
+                    couplings[key] = (cg @ sh[sh_slices[i_sh]]).view(d1, d3, num_edges)
+                coupling = couplings[key]
+                out = xw[:, 0, None, :] * coupling[0]
+                for i in range(1, d1):
+                    out.addcmul_(xw[:, i, None, :], coupling[i])
+            out = out.reshape(mul * d3, num_edges)  # (mul, d3) flattened as e3nn does
             outs[i_out] = out if num_slots is None else out.view(mul * d3, num_slots, -1).sum(dim=1)
         return torch.cat(outs, dim=0)
 
@@ -156,12 +217,12 @@ class TensorFieldConv(torch.nn.Module):
 
     ``e_ij`` is the edge embedding and ``s`` the even scalars of each atom (the MLP's first layer is
     applied per atom, then gathered). ``irreps_out`` lists its scalars (``0e`` / ``0o``, activated by
-    SiLU / tanh) before the gated ``l > 0`` irreps. When ``irreps_in != irreps_out`` the residual is a
-    linear self-connection.
+    SiLU / tanh) before the ``l > 0`` irreps, which are gated by sigmoids of extra ``0e`` channels
+    (e3nn's ``Gate``). When ``irreps_in != irreps_out`` the residual is a linear self-connection.
 
-    ``forward(h (N, irreps_in.dim), src (K N,), sh (irreps_sh.dim, K N), edge_emb (edge_dim, K N))
-    -> (N, irreps_out.dim)``; edges in the slot-major layout of the module docstring, and ``sh``
-    already multiplied by any smooth cutoff envelope (zero on empty slots).
+    ``forward(h (irreps_in.dim, N), src (K N,), sh (irreps_sh.dim, K N), edge_emb (edge_dim, K N))
+    -> (irreps_out.dim, N)``: channels first, edges in the slot-major layout of the module docstring,
+    ``sh`` already multiplied by any smooth cutoff envelope (zero on empty slots).
     """
 
     def __init__(
@@ -177,10 +238,10 @@ class TensorFieldConv(torch.nn.Module):
         self.irreps_out = o3.Irreps(irreps_out)
         if len(self.irreps_in) == 0 or self.irreps_in[0].ir != o3.Irrep("0e"):
             raise ValueError(f"irreps_in must start with even scalars (0e), got {self.irreps_in}")
-        scalars = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l == 0])
-        gated = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l > 0])
-        acts = {o3.Irrep("0e"): torch.nn.functional.silu, o3.Irrep("0o"): torch.tanh}
-        if scalars + gated != self.irreps_out or not scalars or not gated or any(ir not in acts for _, ir in scalars):
+        self.scalars = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l == 0])
+        self.gated = o3.Irreps([(mul, ir) for mul, ir in self.irreps_out if ir.l > 0])
+        if (self.scalars + self.gated != self.irreps_out or not self.scalars or not self.gated
+                or any(ir.p == 0 for _, ir in self.scalars)):
             raise ValueError(f"irreps_out must be 0e/0o scalars followed by l > 0 irreps, got {self.irreps_out}")
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be positive, got {avg_num_neighbors}")
@@ -191,20 +252,33 @@ class TensorFieldConv(torch.nn.Module):
         self.src_proj = torch.nn.Parameter(torch.randn(edge_dim, self.num_node_scalars) / self.num_node_scalars**0.5)
         self.dst_proj = torch.nn.Parameter(torch.randn(edge_dim, self.num_node_scalars) / self.num_node_scalars**0.5)
         self.weight_mlp = torch.nn.Linear(edge_dim, self.tp.weight_numel)
-
-        self.gate = Gate(scalars, [acts[ir] for _, ir in scalars], f"{gated.num_irreps}x0e", [torch.sigmoid], gated)
-        self.linear = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
-        self.self_connection = None if self.irreps_in == self.irreps_out else o3.Linear(self.irreps_in, self.irreps_out)
+        gates = o3.Irreps(f"{self.gated.num_irreps}x0e")
+        self.linear = IrrepsLinear(self.tp.irreps_out, self.scalars + gates + self.gated, bias=True)
+        self.self_connection = (
+            None if self.irreps_in == self.irreps_out else IrrepsLinear(self.irreps_in, self.irreps_out)
+        )
         self.norm = EquivariantLayerNorm(self.irreps_out)
 
+    def gate(self, x: Tensor) -> Tensor:
+        """SiLU on 0e, tanh on 0o (odd, so parity is kept), gated irreps times sigmoid(gates)."""
+        blocks = []
+        for (mul, ir), sl in zip(self.scalars, self.scalars.slices()):
+            blocks.append(torch.nn.functional.silu(x[sl]) if ir.p == 1 else torch.tanh(x[sl]))
+        gates = torch.sigmoid(x[self.scalars.dim : self.scalars.dim + self.gated.num_irreps])
+        offset, gated = 0, x[self.scalars.dim + self.gated.num_irreps :]
+        for (mul, ir), sl in zip(self.gated, self.gated.slices()):
+            field = gated[sl].reshape(mul, ir.dim, -1) * gates[offset : offset + mul, None, :]
+            blocks.append(field.view(mul * ir.dim, -1))
+            offset += mul
+        return torch.cat(blocks)
+
     def forward(self, h: Tensor, src: Tensor, sh: Tensor, edge_emb: Tensor) -> Tensor:
-        num_nodes = h.shape[0]
+        num_nodes = h.shape[1]
         num_slots = src.shape[0] // num_nodes
-        s_t = h[:, : self.num_node_scalars].t()  # (ns, N)
-        z = (edge_emb + (self.src_proj @ s_t).index_select(1, src)).view(-1, num_slots, num_nodes)
-        z = torch.nn.functional.silu(z + (self.dst_proj @ s_t)[:, None, :]).view(-1, src.shape[0])
-        weight = torch.addmm(self.weight_mlp.bias[:, None], self.weight_mlp.weight, z)  # (weight_numel, E)
-        h_src = h.t().contiguous().index_select(1, src)  # (irreps_in.dim, K N)
-        aggregated = self.tp(h_src, sh, weight, num_slots).t() * self.message_scale  # (N, irreps_mid.dim)
+        s = h[: self.num_node_scalars]  # (ns, N)
+        z = (edge_emb + (self.src_proj @ s).index_select(1, src)).view(-1, num_slots, num_nodes)
+        z = torch.nn.functional.silu(z + (self.dst_proj @ s)[:, None, :]).view(-1, src.shape[0])
+        weight = torch.addmm(self.weight_mlp.bias[:, None], self.weight_mlp.weight, z)  # (weight_numel, K N)
+        aggregated = self.tp(h.index_select(1, src), sh, weight, num_slots) * self.message_scale  # (mid, N)
         residual = h if self.self_connection is None else self.self_connection(h)
         return self.norm(residual + self.gate(self.linear(aggregated)))

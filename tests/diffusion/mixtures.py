@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianMixture", "WrappedNormalMixture", "wrap", "moment_check", "mean_cov_check"]
+__all__ = ["GaussianMixture", "WrappedNormalMixture", "wrap", "moment_check", "mean_cov_check", "one_thread"]
 
 
 def wrap(x: Tensor) -> Tensor:
@@ -156,40 +157,53 @@ class GaussianMixture:
         return fn
 
 
+def _wn_images(d: Tensor, v: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
+    """Image series ``sum_{|n| <= n_max} N(d + 2 pi n; 0, v)``: the ``n = 0`` image dominates for
+    ``|d| <= pi``, so the others enter as ratios ``exp(-(2 pi n d + 2 pi^2 n^2) / v) <= 1``."""
+    inv_v = 1.0 / v
+    total, moment = torch.ones_like(d), d.clone()
+    for n in [*range(-n_max, 0), *range(1, n_max + 1)]:
+        e = torch.exp(-(2 * math.pi * n) * inv_v * (d + math.pi * n))
+        total = total + e
+        moment = moment + (d + 2 * math.pi * n) * e
+    log_p = -0.5 * d * d * inv_v - 0.5 * torch.log(2 * math.pi * v) + torch.log(total)
+    return log_p, -moment * inv_v / total
+
+
+def _wn_fourier(d: Tensor, v: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
+    """Theta-function series ``(1 + 2 sum_{n=1}^{n_max} q^{n^2} cos(n d)) / 2 pi``, ``q = exp(-v / 2)``."""
+    c, dc = torch.ones_like(d), torch.zeros_like(d)
+    for n in range(1, n_max + 1):
+        qn = torch.exp(-0.5 * n * n * v)
+        c = c + 2.0 * qn * torch.cos(n * d)
+        dc = dc - 2.0 * n * qn * torch.sin(n * d)
+    return torch.log(c) - math.log(2 * math.pi), dc / c
+
+
 def _wn_terms(d: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     """Log-density and d/dx log-density of the 1-D wrapped normal ``WN(0, var)`` at ``d`` in ``[-pi, pi)``.
 
     Two exact series, each truncated where the omitted terms are below ``exp(-45)`` relative:
-    images ``p = sum_{|n| <= 3} N(d + 2 pi n; 0, var)`` for ``var < 4`` and the theta-function
-    series ``p = (1 + 2 sum_{n=1}^{5} q^{n^2} cos(n d)) / 2 pi``, ``q = exp(-var / 2)``, for ``var >= 4``.
-    ``d`` and ``var`` have the same shape; the loops over terms keep every operation on whole
-    tensors (reductions over a tiny trailing axis are slow on the CPU).
+    images for ``var < 4`` (``|n| <= N`` with ``((2N + 1)^2 - 1) pi^2 / (2 var) >= 45``) and the
+    theta-function series for ``var >= 4`` (``n <= N`` with ``N^2 var / 2 >= 48``).  ``d`` and
+    ``var`` have the same shape; every operation is on whole tensors (reductions over a tiny
+    trailing axis are slow on the CPU).
     """
     small = var < 4.0
-    log_p = torch.empty_like(d)
-    score = torch.empty_like(d)
-    if bool(small.any()):
-        v = torch.where(small, var, torch.ones_like(var))
-        # the n = 0 image dominates for |d| <= pi: factor it out, the others are ratios <= 1
-        total, moment = torch.ones_like(d), d.clone()
-        for n in (-3, -2, -1, 1, 2, 3):
-            y = d + 2 * math.pi * n
-            e = torch.exp(-0.5 * (y * y - d * d) / v)
-            total = total + e
-            moment = moment + y * e
-        lp = -0.5 * d * d / v - 0.5 * torch.log(2 * math.pi * v) + torch.log(total)
-        log_p = torch.where(small, lp, log_p)
-        score = torch.where(small, -moment / (v * total), score)
-    if not bool(small.all()):
-        v = torch.where(small, torch.full_like(var, 4.0), var)
-        c, dc = torch.ones_like(d), torch.zeros_like(d)
-        for n in range(1, 6):
-            qn = torch.exp(-0.5 * n * n * v)
-            c = c + 2.0 * qn * torch.cos(n * d)
-            dc = dc - 2.0 * n * qn * torch.sin(n * d)
-        log_p = torch.where(small, log_p, torch.log(c) - math.log(2 * math.pi))
-        score = torch.where(small, score, dc / c)
-    return log_p, score
+    all_small, none_small = bool(small.all()), not bool(small.any())
+    if not none_small:
+        vmax = float(var.max()) if all_small else float(torch.where(small, var, torch.zeros_like(var)).max())
+        n_img = max(1, math.ceil((math.sqrt(1.0 + 90.0 * vmax / math.pi**2) - 1.0) / 2.0))
+        v = var if all_small else torch.where(small, var, torch.ones_like(var))
+        img = _wn_images(d, v, n_img)
+        if all_small:
+            return img
+    vmin = float(var.min()) if none_small else float(torch.where(small, torch.full_like(var, math.inf), var).min())
+    v = var if none_small else torch.where(small, torch.full_like(var, 4.0), var)
+    four = _wn_fourier(d, v, max(1, math.ceil(math.sqrt(96.0 / vmin))))
+    if none_small:
+        return four
+    return torch.where(small, img[0], four[0]), torch.where(small, img[1], four[1])
 
 
 class WrappedNormalMixture:
@@ -323,3 +337,16 @@ def mean_cov_check(x: Tensor, mean: Tensor, cov: Tensor, n_se: float = 3.0) -> t
     z_cov = (prods.sum(0) / (n - 1) - cov[i, j]) / (prods.std(0) / math.sqrt(n))
     z = torch.cat([z_mean, z_cov])
     return bool((z.abs() <= n_se).all()), z
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run a test module on one intra-op thread (imported by the test modules, autouse there).
+
+    The tensors here are small: extra threads only add synchronisation, and on a busy machine
+    oversubscribed threads made some samplers over ten times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

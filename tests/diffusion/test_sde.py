@@ -73,7 +73,7 @@ def test_torus_needs_variance_exploding():
 def _euler_maruyama(sde, x, t0, t1, steps, generator):
     ts = torch.linspace(t0, t1, steps + 1, dtype=F64)
     for a, b in zip(ts[:-1], ts[1:]):
-        t = torch.full((x.shape[0],), float(a), dtype=F64)
+        t = a.reshape(1)  # one time shared by all paths: shape (1,) broadcasts against x (n, 1)
         dt = float(b - a)
         z = torch.randn(x.shape, generator=generator, dtype=F64)
         x = x + sde.drift(x, t) * dt + sde.diffusion(x, t) * math.sqrt(dt) * z
@@ -90,18 +90,18 @@ def test_marginal_matches_simulated_sde(schedule):
     mean alpha(t) x0 and std sigma(t)."""
     torch.manual_seed(0)
     sde = SDE(schedule, Euclidean())
-    n, x0, t1 = 40_000, 1.5, 0.6
+    n, x0, t1 = 20_000, 1.5, 0.6
     g = torch.Generator().manual_seed(0)
     x_init = torch.full((n, 1), x0, dtype=F64)
     t0 = torch.zeros(n, dtype=F64)
     with torch.no_grad():
         mean0, std0 = sde.marginal(x_init, t0)
         x = mean0 + std0 * torch.randn(n, 1, generator=g, dtype=F64)
-        x = _euler_maruyama(sde, x, 0.0, t1, 400, g)
+        x = _euler_maruyama(sde, x, 0.0, t1, 200, g)
         mean, std = sde.marginal(x_init[:1], torch.tensor([t1], dtype=F64))
     se = float(std) / math.sqrt(n)
     assert float(x.mean()) == pytest.approx(float(mean), abs=5 * se + 2e-3)
-    assert float(x.std()) == pytest.approx(float(std), rel=2e-2)
+    assert float(x.std()) == pytest.approx(float(std), rel=3e-2)
 
 
 def test_perturb_uses_marginal_and_projects():
@@ -211,16 +211,16 @@ def test_reverse_sde_recovers_gaussian_data():
         return -(x - alpha[:, None] * m) / var[:, None]
 
     g = torch.Generator().manual_seed(0)
-    n = 20_000
+    n = 10_000
     x = sde.prior_sample(torch.zeros(n, 1, dtype=F64), g)
     rev = sde.reverse(score_fn)
-    ts = torch.linspace(1.0, 1e-3, 500, dtype=F64)
+    ts = torch.linspace(1.0, 1e-3, 300, dtype=F64)
     for a, b in zip(ts[:-1], ts[1:]):
-        t = torch.full((n,), float(a), dtype=F64)
+        t = a.reshape(1)  # shared time, broadcast against x (n, 1)
         dt = float(b - a)
         x = x + rev.drift(x, t) * dt + rev.diffusion(x, t) * math.sqrt(-dt) * torch.randn(x.shape, generator=g, dtype=F64)
-    assert float(x.mean()) == pytest.approx(m, abs=0.02)
-    assert float(x.std()) == pytest.approx(s, rel=0.03)
+    assert float(x.mean()) == pytest.approx(m, abs=0.03)
+    assert float(x.std()) == pytest.approx(s, rel=0.04)
 
 
 # ---------------------------------------------------------------------------- product SDE

@@ -1,0 +1,179 @@
+"""Conformers per CPU second and peak memory: ``ConformerGenerator`` against RDKit ETKDGv3, one thread.
+
+    python scripts/bench_generate.py                       # data/examples/molecules.sdf, n=50, 20 steps
+    python scripts/bench_generate.py -n 100 --steps 10 --model run/conformer_model.pt
+    python scripts/bench_generate.py --large               # + a 150-heavy-atom molecule with n=500
+
+Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
+the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
+the ratio of CPU time per conformer. The confdiff child also splits its CPU time into the pipeline's
+stages (ETKDG seeds, featurisation, stereo checks, Batch construction, score model, torsion
+application, the rest of the sampler and the assembly of the result).
+Without ``--model`` the shipped checkpoint is used, or, while there is none, a randomly initialised
+ScoreModel of the default configuration (the same cost as a trained one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LARGE_MOLECULE = "large peptide (17 residues)"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _molecules(path: str, large: bool) -> list:
+    from rdkit import Chem
+
+    mols = [m for m in Chem.SDMolSupplier(path, removeHs=False) if m is not None]
+    if large:
+        big = Chem.MolFromSequence("ACDEFGHIKLMNPQRST")  # 135 heavy atoms
+        big = Chem.AddHs(Chem.MolFromSmiles(Chem.MolToSmiles(big) + ".CCCCCCCCCCCCCCC"))  # + 15: 150
+        big = Chem.GetMolFrags(big, asMols=True)[0]
+        big.SetProp("_Name", LARGE_MOLECULE)
+        mols.append(big)
+    return mols
+
+
+def _large_n(mol, n: int, large_n: int) -> int:
+    return large_n if mol.GetProp("_Name") == LARGE_MOLECULE else n
+
+
+def run_etkdg(args) -> dict:
+    from rdkit.Chem import rdDistGeom
+
+    baseline = _peak_rss_mb()
+    conformers = 0
+    start = time.process_time()
+    for mol in _molecules(args.molecules, args.large):
+        params = rdDistGeom.ETKDGv3()
+        params.randomSeed = 0xF00D
+        params.numThreads = 1
+        work = type(mol)(mol)
+        work.RemoveAllConformers()
+        conformers += len(rdDistGeom.EmbedMultipleConfs(work, _large_n(mol, args.n, args.large_n), params))
+    return {"cpu_s": time.process_time() - start, "conformers": conformers, "peak_rss_mb": _peak_rss_mb(),
+            "baseline_rss_mb": baseline}
+
+
+def _timed(table: dict, key: str, fn):
+    def wrapper(*a, **k):
+        start = time.process_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            table[key] += time.process_time() - start
+
+    return wrapper
+
+
+def run_confdiff(args) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    import confdiff.conformer_diffusion as diffusion_module
+    import confdiff.conformers as conformers
+    from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
+    from confdiff.conformer_diffusion import ConformerDiffusion
+    from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+
+    model = args.model
+    if model is None and not conformers.default_model_path().exists():
+        torch.manual_seed(0)
+        model = (ScoreModel(ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM)),
+                 ConformerDiffusion())
+    generator = conformers.ConformerGenerator(model, device="cpu", steps=args.steps,
+                                              max_atoms_per_batch=args.batch_size)
+    mols = _molecules(args.molecules, args.large)
+    next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
+
+    stages: dict[str, float] = defaultdict(float)
+    # where each stage's function is looked up at run time: (namespace, attribute, stage)
+    hooks = [
+        (conformers, "embed_etkdg", "ETKDG seeds"),
+        (conformers, "featurize", "featurisation"),
+        (conformers.StereoCheck, "from_mol", "stereo checks"),
+        (conformers.StereoCheck, "signs", "stereo checks"),
+        (conformers, "_bond_lengths", "stereo checks"),
+        (conformers.Batch, "from_data_list", "Batch construction"),
+        (ScoreModel, "forward", "score model"),
+        (conformers, "apply_torsion_changes", "torsion application"),
+        (diffusion_module, "apply_torsion_changes", "torsion application"),
+    ]
+    for owner, name, stage in hooks:
+        fn = getattr(owner, name)
+        wrapped = _timed(stages, stage, fn)
+        # a classmethod comes back bound to its class: keep it bound by storing a staticmethod
+        setattr(owner, name, staticmethod(wrapped) if hasattr(fn, "__self__") else wrapped)
+    baseline = _peak_rss_mb()
+    sizes = [_large_n(mol, args.n, args.large_n) for mol in mols]
+    start = time.process_time()
+    if len(set(sizes)) == 1:  # as the CLI runs: one stream, consecutive molecules share batches
+        results = list(generator.generate_many(mols, sizes[0], seed=0))
+    else:
+        results = [next(generator.generate_many([mol], n, seed=0)) for mol, n in zip(mols, sizes)]
+    per_molecule = [{"name": r.name, "conformers": r.mol.GetNumConformers() if r.ok else 0, "error": r.error}
+                    for r in results]
+    conformers_made = sum(m["conformers"] for m in per_molecule)
+    total = time.process_time() - start
+    stages["rest (sampler maths, assembly)"] = total - sum(stages.values())
+    return {"cpu_s": total, "conformers": conformers_made, "peak_rss_mb": _peak_rss_mb(),
+            "baseline_rss_mb": baseline, "stages": dict(stages), "molecules": per_molecule,
+            "model": "random default config" if isinstance(model, tuple) else str(model or "shipped")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--molecules", default=str(REPO / "data" / "examples" / "molecules.sdf"))
+    parser.add_argument("-n", type=int, default=50, help="conformers per molecule")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
+    parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
+    parser.add_argument("--large", action="store_true", help="add a 150-heavy-atom molecule")
+    parser.add_argument("--large-n", type=int, default=500, help="conformers of the large molecule")
+    parser.add_argument("--child", choices=["etkdg", "confdiff"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_etkdg(args) if args.child == "etkdg" else run_confdiff(args)))
+        return
+
+    results = {}
+    for method in ("etkdg", "confdiff"):
+        cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        if proc.returncode:
+            sys.exit(f"{method} child failed:\n{proc.stderr}")
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"{len(_molecules(args.molecules, args.large))} molecules from {args.molecules}, n={args.n}"
+          f"{f' (large molecule: n={args.large_n})' if args.large else ''}, steps={args.steps}, one thread")
+    print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "
+          f"{'(+ over start)':>14}")
+    for method, r in results.items():
+        ms = 1000 * r["cpu_s"] / max(r["conformers"], 1)
+        print(f"{method:<10} {r['conformers']:>10} {r['cpu_s']:>8.2f} {ms:>8.2f} {r['conformers'] / r['cpu_s']:>10.1f} "
+              f"{r['peak_rss_mb']:>12.0f} {r['peak_rss_mb'] - r['baseline_rss_mb']:>14.0f}")
+    e, c = results["etkdg"], results["confdiff"]
+    ratio = (c["cpu_s"] / c["conformers"]) / (e["cpu_s"] / e["conformers"])
+    print(f"confdiff / ETKDGv3 CPU time per conformer: {ratio:.2f}  (model: {c['model']})")
+    print("confdiff CPU time by stage:")
+    for stage, seconds in sorted(c["stages"].items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<32} {seconds:8.2f} s  {100 * seconds / c['cpu_s']:5.1f} %")
+    for m in c["molecules"]:
+        note = f"  ERROR {m['error']}" if m["error"] else ""
+        print(f"  {m['name']:<28} {m['conformers']:>4} conformers{note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""ConformerGenerator and generate(): atom order, stereochemistry, seeds, batching, relaxation, bad input.
+
+An untrained tiny ScoreModel is enough here: torsion moves are rigid rotations and the coordinate
+noise is small, so the conformers are valid geometry whatever the weights (mechanics, not quality).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem, rdMolAlign
+
+import confdiff
+from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
+from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers import ConformerGenerator, GenerationError, StereoCheck, load_model
+from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+
+STEREO_SMILES = "C[C@H](N)C(=O)N[C@@H](Cc1ccccc1)/C=C/CC"  # two stereocentres and an E double bond
+STEPS = 3
+
+
+def tiny_model() -> tuple[ScoreModel, ConformerDiffusion]:
+    torch.manual_seed(0)
+    config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
+                              num_scalars=8, num_vectors=2, num_layers=1)
+    # small coordinate noise: an untrained model then only moves atoms by hundredths of an Angstrom
+    return ScoreModel(config).eval(), ConformerDiffusion(ConformerDiffusionConfig(sigma_pos_min=0.001, sigma_pos_max=0.01))
+
+
+def save_tiny_model(path) -> str:
+    """The release format ``load_model`` reads, with a tiny random model."""
+    model, diffusion = tiny_model()
+    torch.save({"kind": "conformer_score_model",
+                "model_config": {"model": model.config.to_dict(), "diffusion": diffusion.config.to_dict()},
+                "ema": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def generator(model):
+    return ConformerGenerator(model, device="cpu", steps=STEPS)
+
+
+def stereo_from_3d(mol: Chem.Mol, conf_id: int) -> str:
+    """Canonical isomeric SMILES with every configuration read from conformer ``conf_id``."""
+    probe = Chem.Mol(mol, confId=conf_id)
+    Chem.AssignStereochemistryFrom3D(probe, replaceExistingTags=True)
+    return Chem.MolToSmiles(Chem.RemoveHs(probe))
+
+
+def graph_of(mol: Chem.Mol) -> tuple[list[str], set[tuple[int, int, float]]]:
+    return ([a.GetSymbol() for a in mol.GetAtoms()],
+            {(b.GetBeginAtomIdx(), b.GetEndAtomIdx(), b.GetBondTypeAsDouble()) for b in mol.GetBonds()})
+
+
+def positions(mol: Chem.Mol) -> np.ndarray:
+    return np.stack([c.GetPositions() for c in mol.GetConformers()])
+
+
+# --- stereochemistry -------------------------------------------------------------------------------
+
+def test_every_conformer_keeps_the_input_stereochemistry(generator):
+    expected = Chem.MolToSmiles(Chem.MolFromSmiles(STEREO_SMILES))
+    mol = generator.generate(STEREO_SMILES, n=30, seed=1)
+    assert mol.GetNumConformers() == 30
+    assert all(stereo_from_3d(mol, c.GetId()) == expected for c in mol.GetConformers())
+    z_isomer = STEREO_SMILES.replace("/C=C/", "/C=C\\")
+    mol = generator.generate(z_isomer, n=10, seed=1)
+    assert {stereo_from_3d(mol, c.GetId()) for c in mol.GetConformers()} == {Chem.MolToSmiles(Chem.MolFromSmiles(z_isomer))}
+
+
+@pytest.mark.parametrize("smiles", [STEREO_SMILES, "C[S@@](=O)CC[C@](F)(Cl)Br", "C[C@@H]1CC[C@H](O)CC1",
+                                    "F/C=C\\C=C/C", "C1CCCCCC/C=C/CCC1"])
+def test_stereo_check_agrees_with_rdkit(smiles):
+    """Signs from tags equal the signs of ETKDG conformers; a mirror image flips every centre."""
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    check = StereoCheck.from_mol(mol)
+    ids = AllChem.EmbedMultipleConfs(mol, 4, randomSeed=0)
+    pos = np.stack([mol.GetConformer(c).GetPositions() for c in ids])
+    assert check.num_specified == len(check.expected) > 0
+    assert check.matches_input(pos).all()
+    num_centres = len(check.centres)
+    mirrored = check.signs(pos * np.array([-1.0, 1.0, 1.0]))
+    assert (mirrored[:, :num_centres] == -check.expected[:num_centres]).all()
+    assert (mirrored[:, num_centres:] == check.expected[num_centres:]).all()  # cis stays cis
+    assert check.matches_input(pos * np.array([-1.0, 1.0, 1.0])).all() == (num_centres == 0)
+
+
+def test_stereo_check_sees_a_swapped_double_bond():
+    e_mol = Chem.AddHs(Chem.MolFromSmiles("F/C=C/Cl"))
+    z_mol = Chem.AddHs(Chem.MolFromSmiles("F/C=C\\Cl"))
+    AllChem.EmbedMolecule(z_mol, randomSeed=0)
+    assert not StereoCheck.from_mol(e_mol).matches_input(z_mol.GetConformer().GetPositions()[None]).any()
+
+
+class _ScramblingModel(torch.nn.Module):
+    """Zero torsion scores and huge position scores: the coordinate part then scrambles the atoms."""
+
+    def forward(self, batch):
+        g = torch.Generator().manual_seed(0)
+        pos_score = 1e4 * torch.randn(batch.pos.shape, generator=g)
+        return batch.pos.new_zeros(batch.torsion_index.shape[1]), pos_score - pos_score.mean(0)
+
+
+def test_a_conformer_that_breaks_the_stereochemistry_is_fixed():
+    scrambler = ConformerGenerator((_ScramblingModel(), ConformerDiffusion()), device="cpu", steps=2)
+    result = next(scrambler.generate_many([STEREO_SMILES], n=6, seed=0))
+    assert result.ok and result.mol.GetNumConformers() == 6
+    assert any("coordinate refinement was dropped" in w for w in result.warnings)
+    expected = Chem.MolToSmiles(Chem.MolFromSmiles(STEREO_SMILES))
+    assert all(stereo_from_3d(result.mol, c.GetId()) == expected for c in result.mol.GetConformers())
+
+
+# --- atom order, properties, seeds, batching -------------------------------------------------------
+
+def test_input_atom_order_is_kept(generator):
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(=O)Nc1ccc(OCC)cc1Cl"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    order = list(np.random.default_rng(0).permutation(mol.GetNumAtoms()))
+    shuffled = Chem.RenumberAtoms(mol, [int(i) for i in order])
+    out = generator.generate(shuffled, n=3, seed=0)
+    assert graph_of(out) == graph_of(shuffled)
+    heavy = Chem.MolFromSmiles("OCc1ccncc1")  # no hydrogens: they are appended after the input's atoms
+    out = generator.generate(heavy, n=2, seed=0)
+    symbols, bonds = graph_of(out)
+    assert symbols[: heavy.GetNumAtoms()] == graph_of(heavy)[0] and set(symbols[heavy.GetNumAtoms():]) == {"H"}
+    assert graph_of(heavy)[1] <= bonds
+
+
+def test_conformer_properties(generator):
+    mol = generator.generate("CCOc1ccccc1C(N)=O", n=4, seed=7)
+    assert [c.GetIntProp("conformer_index") for c in mol.GetConformers()] == [0, 1, 2, 3]
+    assert {c.GetIntProp("seed") for c in mol.GetConformers()} == {7}
+    assert mol.GetProp("_Name") == "CCOc1ccccc1C(N)=O"
+
+
+def test_conformer_i_does_not_depend_on_batching_or_n(model):
+    small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60)
+    large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000)
+    a = positions(small.generate(STEREO_SMILES, n=8, seed=3))
+    b = positions(large.generate(STEREO_SMILES, n=8, seed=3))
+    c = positions(large.generate(STEREO_SMILES, n=3, seed=3))
+    d = positions(large.generate(STEREO_SMILES, n=3, seed=4))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(b[:3], c, atol=1e-4)
+    assert np.abs(c - d).max() > 0.1
+    assert np.abs(b[0] - b[1]).max() > 0.1  # conformers differ from each other
+
+
+def test_several_molecules_share_one_batch(model, monkeypatch):
+    smiles = ["CCOc1ccccc1", "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "OCCN1CCOCC1"]
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000)
+    alone = [positions(gen.generate(s, n=4, seed=5)) for s in smiles]
+    calls = []
+    sample = gen._sample
+    monkeypatch.setattr(gen, "_sample", lambda jobs, *a: calls.append(len(jobs)) or sample(jobs, *a))
+    together = [r.mol for r in gen.generate_many(smiles, n=4, seed=5)]
+    assert calls == [3]
+    for pos, mol in zip(alone, together):
+        np.testing.assert_allclose(pos, positions(mol), atol=1e-4)
+
+
+# --- relaxation and pruning ------------------------------------------------------------------------
+
+def test_mmff_relaxation_energy_window_and_pruning(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, relax="mmff", energy_window=2.0, prune_rms=0.3)
+    mol = gen.generate("CCCCOc1ccccc1C(=O)NC", n=10, seed=0)
+    energies = [c.GetDoubleProp("energy") for c in mol.GetConformers()]
+    assert 1 <= len(energies) <= 10 and max(energies) - min(energies) <= 2.0
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    for conf, energy in zip(mol.GetConformers(), energies):
+        ff = AllChem.MMFFGetMoleculeForceField(mol, props, confId=conf.GetId())
+        assert ff.CalcEnergy() == pytest.approx(energy, abs=1e-3)
+        assert np.abs(ff.CalcGrad()).max() < 0.5  # a minimum
+    heavy = Chem.RemoveHs(mol)
+    ids = [c.GetId() for c in mol.GetConformers()]
+    assert all(rdMolAlign.GetBestRMS(heavy, heavy, i, j) >= 0.3 for k, i in enumerate(ids) for j in ids[k + 1:])
+
+
+def test_gfnff_energies(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, relax="gfnff")
+    mol = gen.generate("CCO", n=2, seed=0)
+    energies = [c.GetDoubleProp("energy") for c in mol.GetConformers()]
+    assert len(energies) == 2 and all(-5000 < e < 0 for e in energies)  # kcal/mol, GFN-FF total energy
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+def test_bad_input_is_named_and_the_others_go_on(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=150)
+    big = Chem.MolFromSequence("ACDEFGHIKLMN")  # 95 heavy atoms, 180 with hydrogens
+    big.SetProp("_Name", "peptide")
+    twin_a, twin_b = Chem.MolFromSmiles("CCO"), Chem.MolFromSmiles("CCN")
+    twin_a.SetProp("_Name", "twin")
+    twin_b.SetProp("_Name", "twin")
+    inputs = {
+        "invalid": "C1CC(",
+        "bad valence": "C(C)(C)(C)(C)C",
+        "empty": "",
+        "no rotatable bond": "c1ccccc1",
+        "macrocycle": "O=C1CCCCCCCCCCCCCCO1",
+        "charged": "C[N+](C)(C)CC(=O)[O-]",
+        "cation": "CC[NH3+]",
+        "salt": "CC(=O)[O-].[Na+]",
+        "metal complex": "N.N.Cl[Pt]Cl",
+        "unknown element": "[Xe]",
+        "dummy atom": "*CC",
+        "very large": Chem.AddHs(big),
+        "twin a": twin_a,
+        "twin b": twin_b,
+    }
+    results = list(gen.generate_many(inputs.values(), n=3, seed=0))
+    assert [r.index for r in results] == list(range(len(inputs)))
+    by = dict(zip(inputs, results))
+    for key in ("no rotatable bond", "macrocycle", "charged", "cation", "salt", "twin a", "twin b"):
+        assert by[key].ok and by[key].mol.GetNumConformers() == 3, (key, by[key].error)
+    assert by["invalid"].error.startswith("invalid SMILES") and by["invalid"].name == "C1CC("
+    assert "valence" in by["bad valence"].error
+    assert not by["empty"].ok and "no atoms" in by["empty"].error
+    assert "Pt" in by["metal complex"].error and "Xe" in by["unknown element"].error
+    assert "*" in by["dummy atom"].error
+    assert by["very large"].name == "peptide" and "exceed max_atoms_per_batch=150" in by["very large"].error
+    assert any("dropped [Na+]" in w for w in by["salt"].warnings)
+    assert Chem.MolToSmiles(Chem.RemoveHs(by["salt"].mol)) == "CC(=O)[O-]"
+    assert Chem.GetFormalCharge(by["charged"].mol) == 0 and Chem.GetFormalCharge(by["cation"].mol) == 1
+    assert [by[k].mol.GetNumAtoms() for k in ("twin a", "twin b")] == [9, 10]  # same name, both kept
+
+
+def test_generate_api(tmp_path):
+    path = save_tiny_model(tmp_path / "tiny.pt")
+    assert {"generate", "ConformerGenerator", "GenerationError", "load_model"} <= set(confdiff.__all__)
+    mol = confdiff.generate("CC(=O)Nc1ccc(O)cc1", n=5, seed=0, steps=2, model=path, device="cpu")
+    again = confdiff.generate("CC(=O)Nc1ccc(O)cc1", n=5, seed=0, steps=2, model=path, device="cpu")
+    assert mol.GetNumConformers() == 5 and np.array_equal(positions(mol), positions(again))
+    with pytest.raises(GenerationError, match="invalid SMILES"):
+        confdiff.generate("C1CC(", n=2, model=path, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        confdiff.generate("CC(=O)[O-].[Na+]", n=2, seed=0, steps=2, model=path, device="cpu")
+    assert any("dropped [Na+]" in str(w.message) for w in caught)
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+        load_model(tmp_path / "missing.pt")
+    torch.save({"kind": "image_model"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a conformer score model"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="needs relax"):
+        ConformerGenerator(tiny_model(), energy_window=3.0)
