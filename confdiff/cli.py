@@ -11,6 +11,7 @@ from . import __version__
 # subcommand -> (module, one-line help). The module exposes add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("confdiff.generate_command", "conformer ensembles for molecules or a library (SDF / SMILES / MOL2)"),
+    "score": ("confdiff.score_command", "log-likelihood of every conformer of an SDF under the model; rank / filter by it"),
     "train": ("confdiff.train_conformers", "train the conformer score model (CPU, CUDA, torchrun for DDP)"),
     "dataset": ("confdiff.chem.data", "build conformer ensembles to train on (resumable)"),
     "benchmark": ("confdiff.benchmark", "compare conformer generators: COV / MAT, bioactive recovery, speed"),

@@ -120,8 +120,10 @@ class ConformerDiffusion:
 
         tor_target = wrapped_normal_score(d, sigma_tor)
         tor_err = (tor_pred - tor_target) ** 2 / wrapped_normal_score_norm(sigma_tor)
-        n_tor = tor_space.sum(torch.ones_like(tor_err))
-        tor_loss = tor_space.sum(tor_err) / n_tor.clamp(min=1.0)
+        # per-graph mean over torsions (0 for a rigid graph; a batch may hold no torsion at all)
+        n_tor = torch.bincount(tor_space.batch, minlength=batch.num_graphs).to(tor_err.dtype)
+        tor_sum = torch.zeros(batch.num_graphs, dtype=tor_err.dtype, device=device)
+        tor_loss = tor_sum.index_add_(0, tor_space.batch, tor_err) / n_tor.clamp(min=1.0)
 
         pos_target = -e / pos_space.broadcast(sigma_pos**2, e)
         pos_err = ((pos_pred - pos_target) * pos_space.broadcast(sigma_pos, e)) ** 2

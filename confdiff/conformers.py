@@ -54,10 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "default"
-RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
-_ST = Chem.StereoType
-_SPECIFIED = Chem.StereoSpecified.Specified
 DEFAULT_STEPS = 20
+RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
 _VOLUME_TOL = 0.1  # A^3 (A^2 for double bonds): smaller counts as flat, i.e. broken (RDKit's ZERO_VOLUME_TOL)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 
@@ -185,14 +183,14 @@ class StereoCheck:
         Chem.AssignStereochemistry(ranked, cleanIt=True, force=True)  # sets _CIPRank for E/Z
         centres, bonds, expected_c, expected_d = [], [], [], []
         for element in Chem.FindPotentialStereo(Chem.Mol(mol)):
-            specified = element.specified == _SPECIFIED
-            if element.type == _ST.Atom_Tetrahedral:
+            specified = element.specified == Chem.StereoSpecified.Specified
+            if element.type == Chem.StereoType.Atom_Tetrahedral:
                 atom = mol.GetAtomWithIdx(element.centeredOn)
                 neighbours = [n.GetIdx() for n in atom.GetNeighbors()][:3]
                 tag = atom.GetChiralTag()
                 centres.append([atom.GetIdx(), *neighbours])
                 expected_c.append(0 if not specified else 1 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1)
-            elif element.type == _ST.Bond_Double:
+            elif element.type == Chem.StereoType.Bond_Double:
                 bond = ranked.GetBondWithIdx(element.centeredOn)
                 b, c = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
                 sides = _bond_sides(ranked, bond) if specified else None

@@ -15,6 +15,7 @@ failed (a molecule, or an input that could not be read at all), 2 for a usage er
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gzip
 import os
 import sys
@@ -27,7 +28,7 @@ from typing import IO
 
 from .chem.io import MolRecord, MoleculeInputError, SDFWriter, read_molecules, record_text
 
-__all__ = ["add_arguments", "completed_records", "run"]
+__all__ = ["add_arguments", "completed_records", "keep_freed_memory", "run"]
 
 RECORD = "record"  # 1-based input record number, on every output record
 ENSEMBLE_SIZE = "ensemble_size"  # conformers written for that input record
@@ -201,6 +202,21 @@ class _StdoutSink:
 
 # --- the run ------------------------------------------------------------------------------------------
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse: large tensors below 32 MiB (glibc's maximum) come from
+    the heap, which is not trimmed, instead of a fresh ``mmap`` whose pages fault in on every step.
+    On CPU this saves about a quarter of the sampling time here; no-op where libc is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
 def _resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     if shard is not None:
         return shard
@@ -279,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .conformers import ConformerGenerator
 
+    keep_freed_memory()
     try:
         generator = ConformerGenerator(
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,

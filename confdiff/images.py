@@ -49,7 +49,13 @@ from torch.utils.data import Dataset
 
 from .diffusion.guidance import classifier_free_guidance
 from .diffusion.likelihood import bits_per_dim, log_likelihood
-from .diffusion.losses import denoising_score_matching_loss, score_fn_from_model
+from .diffusion.losses import (
+    X0Prediction,
+    ScorePrediction,
+    denoising_score_matching_loss,
+    score_fn_from_model,
+    sde_coefficients,
+)
 from .diffusion.samplers import SAMPLERS, time_grid
 from .diffusion.schedules import VPCosine
 from .diffusion.sde import SDE
@@ -72,6 +78,7 @@ __all__ = [
     "to_unit",
     "image_loss",
     "sample_images",
+    "clip_denoised",
     "pf_ode_bits_per_dim",
     "variational_bound_bits_per_dim",
     "save_grid",
@@ -278,17 +285,37 @@ class ImageModel:
         schedule = self.sde.schedule
         return lambda x, t: net(x, schedule.log_snr(t).to(x.dtype), labels)
 
-    def score_fn(self, labels: Tensor | None = None, guidance: float = 0.0) -> Callable[[Tensor, Tensor], Tensor]:
+    def score_fn(self, labels: Tensor | None = None, guidance: float = 0.0,
+                 clip: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
         """Score of ``p_t(x | label)``; ``guidance = w > 0`` gives classifier-free guidance with
-        the null label as the unconditional model."""
+        the null label as the unconditional model; ``clip`` applies :func:`clip_denoised`."""
         sde = self.sde
-        cond = score_fn_from_model(self.model_fn(labels), sde, "epsilon")
-        if guidance == 0.0:
-            return cond
-        if labels is None:
-            raise ValueError("guidance needs labels (classifier-free guidance of a class)")
-        uncond = score_fn_from_model(self.model_fn(None), sde, "epsilon")
-        return classifier_free_guidance(cond, uncond, guidance)
+        score = score_fn_from_model(self.model_fn(labels), sde, "epsilon")
+        if guidance != 0.0:
+            if labels is None:
+                raise ValueError("guidance needs labels (classifier-free guidance of a class)")
+            uncond = score_fn_from_model(self.model_fn(None), sde, "epsilon")
+            score = classifier_free_guidance(score, uncond, guidance)
+        return clip_denoised(score, sde) if clip else score
+
+
+def clip_denoised(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, lo: float = -1.0,
+                  hi: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """Static thresholding (Ho et al. 2020's ``clip_denoised``; Saharia et al. 2022, sec. 2.3) as a score.
+
+    Tweedie's ``x0_hat = (x + sigma^2 score) / alpha`` is clipped to the data range ``[lo, hi]`` and
+    turned back into the score ``-(x - alpha clip(x0_hat)) / sigma^2``. At high noise ``alpha`` is
+    tiny (``alpha(1) ~ 1e-3`` for the cosine schedule) and dividing by it turns small eps errors into
+    huge ``x0_hat``; without the clip, large sampler steps there saturate the images.
+    """
+    to_x0, from_x0 = ScorePrediction().to_x0, X0Prediction().to_score
+
+    def clipped(x: Tensor, t: Tensor) -> Tensor:
+        alpha, sigma, _ = sde_coefficients(sde, x, t)
+        x0 = torch.clamp(to_x0(score_fn(x, t), x, alpha, sigma), lo, hi)
+        return from_x0(x0, x, alpha, sigma)
+
+    return clipped
 
 
 def default_unet_config(shape: tuple[int, int, int], num_classes: int) -> UNetConfig:
@@ -337,13 +364,14 @@ def _generators(seed: int, start: int, n: int) -> list[torch.Generator]:
 @torch.no_grad()
 def sample_images(model: ImageModel, num: int, *, sampler: str = "heun", steps: int = 50,
                   labels: Tensor | None = None, guidance: float = 0.0, seed: int = 0,
-                  time_grid_kind: str = "uniform", sampler_options: dict | None = None,
+                  time_grid_kind: str = "edm", clip: bool = True, sampler_options: dict | None = None,
                   batch_size: int = 256, device: str | torch.device = "cpu") -> Tensor:
     """``num`` images ``(num, C, H, W)`` in ``[0, 1]`` from ``SAMPLERS[sampler]`` with ``steps`` steps.
 
     ``labels (num,)`` conditions on classes (None: unconditional); ``guidance`` is the
-    classifier-free guidance weight ``w``; ``time_grid_kind`` and ``sampler_options`` go to
-    :func:`~confdiff.diffusion.samplers.time_grid` and the sampler (e.g. ``rtol`` for ``rk45``).
+    classifier-free guidance weight ``w``; ``clip`` applies :func:`clip_denoised`;
+    ``time_grid_kind`` and ``sampler_options`` go to :func:`~confdiff.diffusion.samplers.time_grid`
+    and the sampler (e.g. ``rtol`` for ``rk45``).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
@@ -358,7 +386,7 @@ def sample_images(model: ImageModel, num: int, *, sampler: str = "heun", steps: 
         gens = _generators(seed, start, n)
         x = sde.prior_sample(torch.empty(n, *model.shape, device=device), gens)
         y = None if labels is None else labels[start : start + n].to(device)
-        x = SAMPLERS[sampler](model.score_fn(y, guidance), x, sde, ts, generator=gens, **(sampler_options or {}))
+        x = SAMPLERS[sampler](model.score_fn(y, guidance, clip), x, sde, ts, generator=gens, **(sampler_options or {}))
         out.append(to_unit(x).cpu())
     return torch.cat(out)
 
@@ -545,7 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped digits model)")
     p.add_argument("--sampler", default="heun", help="a name in confdiff.diffusion.samplers.SAMPLERS")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--time-grid", default="uniform", help="time_grid kind: uniform, quadratic, log, log_snr, edm")
+    p.add_argument("--time-grid", default="edm", help="time_grid kind: uniform, quadratic, log, log_snr, edm")
+    p.add_argument("--no-clip", dest="clip", action="store_false", help="do not clip x0_hat to [-1, 1]")
     p.add_argument("--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
                    help="extra sampler keyword, e.g. rtol=1e-3 (rk45), eta=1 (ddim); repeatable")
     p.add_argument("--label", type=_parse_label, default=None, help="class index, or 'cycle' for 0, 1, 2, ...")
@@ -598,7 +627,7 @@ def _run_sample(args) -> int:
             raise ValueError(f"--label {args.label} outside 0..{model.num_classes - 1}")
         labels = torch.full((args.num,), args.label)
     images = sample_images(model, args.num, sampler=args.sampler, steps=args.steps, labels=labels,
-                           guidance=args.guidance, seed=args.seed, time_grid_kind=args.time_grid,
+                           guidance=args.guidance, seed=args.seed, time_grid_kind=args.time_grid, clip=args.clip,
                            sampler_options=dict(args.option), device=args.device)
     images = images[:, 0]  # (N, H, W), single channel
     np.savez_compressed(args.out, images=images.numpy().astype(np.float32),

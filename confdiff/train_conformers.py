@@ -1,31 +1,42 @@
 """``confdiff train``: fit the conformer score model on built ensembles (CPU, CUDA, or ``torchrun``).
 
 Each step draws one conformer of every molecule in the batch (uniformly from its ensemble, so
-every low-energy minimum counts, as coverage does) and minimises
-:meth:`ConformerDiffusion.loss`. Validation runs the loss on held-out molecules and, every
-``--eval-every`` steps, a small COV-R / MAT-R check that generates conformers for a few of them.
+every low-energy minimum counts, as coverage does) with the step's generator, so that a resumed run
+draws what an uninterrupted one would, and minimises :meth:`ConformerDiffusion.loss`. Every
+``--eval-every`` steps, validation runs the loss on held-out molecules and a small COV-R / MAT-R check
+(Ganea et al. 2021) that generates ``2K`` conformers for a few of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from rdkit import Chem
 from torch_geometric.data import Batch
 
 from .chem.data import ConformerDataset
 from .chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
+from .chem.metrics import coverage_matching, rmsd_matrix
 from .conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from .conformers import ConformerGenerator
+from .diffusion import ZeroCoM
 from .nn.score_model import ScoreModel, ScoreModelConfig
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint
 
-__all__ = ["ConformerTrainingData", "collate_conformers", "export_release", "train_conformer_model",
-           "add_arguments", "run"]
+__all__ = ["ConformerTrainingData", "collate_conformers", "draw_conformers", "training_loss", "coverage_evaluator",
+           "reference_ensemble", "export_release", "train_conformer_model", "add_arguments", "run"]
 
 KIND = "conformer_score_model"
+EVAL_THRESHOLD = 0.75  # Angstrom, the GEOM-DRUGS COV threshold
+# ScoreModelConfig fields set from the data, not from the command line
+_DATA_FIELDS = ("node_feature_dim", "edge_feature_dim")
 
 
 class ConformerTrainingData(torch.utils.data.Dataset):
@@ -43,14 +54,79 @@ class ConformerTrainingData(torch.utils.data.Dataset):
 
 
 def collate_conformers(samples) -> Batch:
-    """One uniformly drawn conformer per molecule, centred, as ``pos`` of a PyG ``Batch``."""
+    """The molecules' graphs with their whole ensembles, for :func:`draw_conformers`.
+
+    ``ensemble (N_total, K_max, 3)``: each atom's position in every conformer of its molecule
+    (zero-padded to the batch's largest ensemble); ``num_conformers (G,)`` long.
+    """
+    k_max = max(ensemble.shape[0] for _, ensemble in samples)
     graphs = []
     for graph, ensemble in samples:
         g = graph.clone()
-        pos = ensemble[int(torch.randint(ensemble.shape[0], ()))]
-        g.pos = pos - pos.mean(0)
+        k, n = ensemble.shape[:2]
+        g.ensemble = torch.cat([ensemble, ensemble.new_zeros(k_max - k, n, 3)]).transpose(0, 1)
+        g.num_conformers = torch.tensor([k])
         graphs.append(g)
     return Batch.from_data_list(graphs)
+
+
+def draw_conformers(batch: Batch, generator: torch.Generator | None = None) -> Batch:
+    """A shallow copy of ``batch`` whose ``pos (N_total, 3)`` is one conformer per molecule, drawn
+    uniformly from its ensemble with ``generator`` and centred; ``batch`` is not modified."""
+    u = torch.rand(batch.num_graphs, generator=generator,
+                   device=generator.device if generator is not None else "cpu").to(batch.ensemble.device)
+    k = (u * batch.num_conformers).long()  # (G,), k < num_conformers as u < 1
+    pos = batch.ensemble[torch.arange(batch.num_nodes, device=k.device), k[batch.batch]]
+    drawn = copy.copy(batch)
+    drawn.pos = ZeroCoM(batch.batch, batch.num_graphs).project(pos)
+    return drawn
+
+
+def training_loss(diffusion: ConformerDiffusion, model, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    """Per-molecule loss ``(G,)`` of one drawn conformer each (the ``loss_fn`` of :class:`Trainer`).
+
+    ``0 * sum(parameters)`` is added so that every parameter gets a (zero) gradient: DDP requires it
+    on every rank, and a batch without rotatable bonds leaves the torsion head unused.
+    """
+    losses = diffusion.loss(model, draw_conformers(batch, generator), generator)
+    return losses + 0.0 * sum(p.sum() for p in model.parameters())
+
+
+def reference_ensemble(item: dict) -> Chem.Mol:
+    """A cached :class:`ConformerDataset` item as an RDKit molecule with its ``K`` conformers."""
+    mol = Chem.Mol(item["mol"])
+    for k, xyz in enumerate(item["pos"].double().numpy()):
+        conf = Chem.Conformer(mol.GetNumAtoms())
+        conf.SetPositions(xyz)
+        conf.SetId(k)
+        mol.AddConformer(conf, assignId=False)
+    return mol
+
+
+def coverage_evaluator(references: list[Chem.Mol], diffusion: ConformerDiffusion, *, steps: int = 10,
+                       threshold: float = EVAL_THRESHOLD, seed: int = 1):
+    """``eval_fn(model) -> {"cov_r", "mat_r", "eval_failed"}`` for :class:`Trainer`.
+
+    For each reference molecule with ``K`` conformers, ``2K`` are generated (``steps`` reverse
+    steps, fixed ``seed``) and scored with heavy-atom RMSDs at ``threshold``; COV-R and MAT-R are
+    averaged over the molecules that could be generated (NaN when none), ``eval_failed`` counts the rest.
+    """
+    if not references:
+        raise ValueError("coverage_evaluator needs at least one reference molecule")
+
+    def eval_fn(model: ScoreModel) -> dict:
+        device = next(model.parameters()).device
+        generator = ConformerGenerator((model, diffusion), device=device, steps=steps)
+        scores = []  # (COV-R, MAT-R) per generated molecule
+        for ref in references:
+            result = next(generator.generate_many([ref], 2 * ref.GetNumConformers(), seed=seed))
+            if result.ok:
+                m = coverage_matching(rmsd_matrix(ref, result.mol), threshold)
+                scores.append((m["cov_r"], m["mat_r"]))
+        cov_r, mat_r = np.mean(scores, axis=0) if scores else (float("nan"), float("nan"))
+        return {"cov_r": float(cov_r), "mat_r": float(mat_r), "eval_failed": len(references) - len(scores)}
+
+    return eval_fn
 
 
 def train_conformer_model(
@@ -63,9 +139,19 @@ def train_conformer_model(
     resume: bool = False,
     cache_dir: str | None = None,
     max_atoms: int | None = None,
+    val_fraction: float = 0.05,
+    eval_molecules: int = 4,
+    eval_steps: int = 10,
     progress: bool = True,
 ) -> dict:
-    """Train (or resume) a conformer score model; returns the trainer's final metrics."""
+    """Train (or resume) a conformer score model; returns the trainer's final metrics.
+
+    ``val_fraction`` of the molecules (by SMILES) are held out for the validation loss; the first
+    ``eval_molecules`` of them also get the COV-R / MAT-R check (:func:`coverage_evaluator`,
+    ``eval_steps`` reverse steps); 0 disables it.
+    """
+    if eval_molecules < 0 or eval_steps < 1:
+        raise ValueError(f"need eval_molecules >= 0 and eval_steps >= 1, got {eval_molecules}, {eval_steps}")
     model_config = model_config or ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM,
                                                     edge_feature_dim=BOND_FEATURE_DIM)
     ckpt = Path(out_dir) / CHECKPOINT_NAME
@@ -74,11 +160,16 @@ def train_conformer_model(
         model_config = ScoreModelConfig.from_dict(saved["model"])
         diffusion_config = ConformerDiffusionConfig(**saved["diffusion"])
     diffusion = ConformerDiffusion(diffusion_config)
-    train = ConformerTrainingData(ConformerDataset(data_dirs, cache_dir=cache_dir, split="train"), max_atoms)
-    val = ConformerTrainingData(ConformerDataset(data_dirs, cache_dir=cache_dir, split="val"), max_atoms)
+    train, val = (ConformerTrainingData(ConformerDataset(data_dirs, cache_dir=cache_dir, split=split,
+                                                         val_fraction=val_fraction), max_atoms)
+                  for split in ("train", "val"))
+    references = [reference_ensemble(item) for item in val.items[:eval_molecules]]
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+        torch.manual_seed(train_config.seed)
+        model = ScoreModel(model_config)
     trainer = Trainer(
-        ScoreModel(model_config),
-        lambda model, batch, generator: diffusion.loss(model, batch, generator),
+        model,
+        functools.partial(training_loss, diffusion),
         train,
         config=train_config,
         out_dir=out_dir,
@@ -86,6 +177,7 @@ def train_conformer_model(
         kind=KIND,
         collate_fn=collate_conformers,
         val_dataset=val if len(val) else None,
+        eval_fn=coverage_evaluator(references, diffusion, steps=eval_steps) if references else None,
         resume=resume,
         progress=progress,
     )
@@ -120,21 +212,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data-loading processes")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=1000, help="validation every N steps")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="molecules held out for validation")
+    parser.add_argument("--eval-molecules", type=int, default=4,
+                        help="validation molecules for the COV-R / MAT-R check (0 disables it)")
+    parser.add_argument("--eval-steps", type=int, default=10, help="reverse-diffusion steps of that check")
     parser.add_argument("--max-atoms", type=int, default=None, help="skip molecules with more atoms")
     parser.add_argument("--cache-dir", default=None, help="featurised-dataset cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", metavar="PATH", help="also write the release file (EMA weights) here")
     parser.add_argument("--no-progress", action="store_true")
-    fields = {f.name: f for f in dataclasses.fields(ScoreModelConfig)}
-    for name in ("num_layers", "ns", "nv", "radius", "max_neighbors"):
-        if name in fields:
-            parser.add_argument(f"--{name.replace('_', '-')}", type=type(fields[name].default), default=None,
-                                help=f"score model {name} (default {fields[name].default})")
+    for f in dataclasses.fields(ScoreModelConfig):
+        if f.name not in _DATA_FIELDS:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                                help=f"score model {f.name} (default {f.default})")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: getattr(args, k) for k in ("num_layers", "ns", "nv", "radius", "max_neighbors")
-                 if getattr(args, k, None) is not None}
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreModelConfig)
+                 if f.name not in _DATA_FIELDS and getattr(args, f.name) is not None}
     model_config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
                                     **overrides)
     train_config = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps,
@@ -143,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
                                num_workers=args.num_workers, seed=args.seed)
     train_conformer_model(args.data, args.out, model_config=model_config, train_config=train_config,
                           resume=args.resume, cache_dir=args.cache_dir, max_atoms=args.max_atoms,
-                          progress=not args.no_progress)
+                          val_fraction=args.val_fraction, eval_molecules=args.eval_molecules,
+                          eval_steps=args.eval_steps, progress=not args.no_progress)
     if args.export and int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {export_release(Path(args.out) / CHECKPOINT_NAME, args.export)}")
     return 0

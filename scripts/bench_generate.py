@@ -2,7 +2,7 @@
 
     python scripts/bench_generate.py                       # data/examples/molecules.sdf, n=50, 20 steps
     python scripts/bench_generate.py -n 100 --steps 10 --model run/conformer_model.pt
-    python scripts/bench_generate.py --large               # + a 150-heavy-atom molecule with n=500
+    python scripts/bench_generate.py --large               # a 151-heavy-atom molecule with n=500
 
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
@@ -26,28 +26,25 @@ from collections import defaultdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LARGE_MOLECULE = "large peptide (17 residues)"
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _molecules(path: str, large: bool) -> list:
+def _molecules(path: str) -> list:
     from rdkit import Chem
 
-    mols = [m for m in Chem.SDMolSupplier(path, removeHs=False) if m is not None]
-    if large:
-        big = Chem.MolFromSequence("ACDEFGHIKLMNPQRST")  # 135 heavy atoms
-        big = Chem.AddHs(Chem.MolFromSmiles(Chem.MolToSmiles(big) + ".CCCCCCCCCCCCCCC"))  # + 15: 150
-        big = Chem.GetMolFrags(big, asMols=True)[0]
-        big.SetProp("_Name", LARGE_MOLECULE)
-        mols.append(big)
-    return mols
+    return [m for m in Chem.SDMolSupplier(path, removeHs=False) if m is not None]
 
 
-def _large_n(mol, n: int, large_n: int) -> int:
-    return large_n if mol.GetProp("_Name") == LARGE_MOLECULE else n
+def _large_molecule():
+    """A 151-heavy-atom molecule (Ala30, 303 atoms with hydrogens)."""
+    from rdkit import Chem
+
+    mol = Chem.AddHs(Chem.MolFromSequence("A" * 30))
+    mol.SetProp("_Name", "Ala30")
+    return mol
 
 
 def run_etkdg(args) -> dict:
@@ -56,13 +53,13 @@ def run_etkdg(args) -> dict:
     baseline = _peak_rss_mb()
     conformers = 0
     start = time.process_time()
-    for mol in _molecules(args.molecules, args.large):
+    for mol in _molecules(args.molecules):
         params = rdDistGeom.ETKDGv3()
         params.randomSeed = 0xF00D
         params.numThreads = 1
         work = type(mol)(mol)
         work.RemoveAllConformers()
-        conformers += len(rdDistGeom.EmbedMultipleConfs(work, _large_n(mol, args.n, args.large_n), params))
+        conformers += len(rdDistGeom.EmbedMultipleConfs(work, args.n, params))
     return {"cpu_s": time.process_time() - start, "conformers": conformers, "peak_rss_mb": _peak_rss_mb(),
             "baseline_rss_mb": baseline}
 
@@ -81,7 +78,10 @@ def _timed(table: dict, key: str, fn):
 def run_confdiff(args) -> dict:
     import torch
 
+    from confdiff.generate_command import keep_freed_memory
+
     torch.set_num_threads(1)
+    keep_freed_memory()  # as `confdiff generate` does
     import confdiff.conformer_diffusion as diffusion_module
     import confdiff.conformers as conformers
     from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
@@ -93,9 +93,11 @@ def run_confdiff(args) -> dict:
         torch.manual_seed(0)
         model = (ScoreModel(ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM)),
                  ConformerDiffusion())
-    generator = conformers.ConformerGenerator(model, device="cpu", steps=args.steps,
-                                              max_atoms_per_batch=args.batch_size)
-    mols = _molecules(args.molecules, args.large)
+    large = args.child == "large"
+    generator = conformers.ConformerGenerator(
+        model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size,
+        conformers_per_seed=args.large_conformers_per_seed if large else 5)
+    mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
     stages: dict[str, float] = defaultdict(float)
@@ -117,12 +119,8 @@ def run_confdiff(args) -> dict:
         # a classmethod comes back bound to its class: keep it bound by storing a staticmethod
         setattr(owner, name, staticmethod(wrapped) if hasattr(fn, "__self__") else wrapped)
     baseline = _peak_rss_mb()
-    sizes = [_large_n(mol, args.n, args.large_n) for mol in mols]
     start = time.process_time()
-    if len(set(sizes)) == 1:  # as the CLI runs: one stream, consecutive molecules share batches
-        results = list(generator.generate_many(mols, sizes[0], seed=0))
-    else:
-        results = [next(generator.generate_many([mol], n, seed=0)) for mol, n in zip(mols, sizes)]
+    results = list(generator.generate_many(mols, n, seed=0))  # as the CLI runs: consecutive molecules share batches
     per_molecule = [{"name": r.name, "conformers": r.mol.GetNumConformers() if r.ok else 0, "error": r.error}
                     for r in results]
     conformers_made = sum(m["conformers"] for m in per_molecule)
@@ -133,6 +131,23 @@ def run_confdiff(args) -> dict:
             "model": "random default config" if isinstance(model, tuple) else str(model or "shipped")}
 
 
+def _child(method: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{method} child failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_stages(result: dict) -> None:
+    print("confdiff CPU time by stage:")
+    for stage, seconds in sorted(result["stages"].items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<32} {seconds:8.2f} s  {100 * seconds / result['cpu_s']:5.1f} %")
+    for m in result["molecules"]:
+        print(f"  {m['name']:<28} {m['conformers']:>4} conformers{'  ERROR ' + m['error'] if m['error'] else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", default=str(REPO / "data" / "examples" / "molecules.sdf"))
@@ -140,24 +155,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
-    parser.add_argument("--large", action="store_true", help="add a 150-heavy-atom molecule")
+    parser.add_argument("--large", action="store_true",
+                        help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")
     parser.add_argument("--large-n", type=int, default=500, help="conformers of the large molecule")
-    parser.add_argument("--child", choices=["etkdg", "confdiff"], help=argparse.SUPPRESS)
+    parser.add_argument("--large-conformers-per-seed", type=int, default=25,
+                        help="ETKDG seeds are the slow part for the large molecule (it needs the random-coordinates fallback)")
+    parser.add_argument("--child", choices=["etkdg", "confdiff", "large"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_etkdg(args) if args.child == "etkdg" else run_confdiff(args)))
         return
+    if args.large:
+        r = _child("large")
+        print(f"Ala30 (151 heavy atoms, 303 atoms), n={args.large_n}, steps={args.steps}, "
+              f"--batch-size {args.batch_size} atoms, one thread, model: {r['model']}")
+        print(f"{r['conformers']} conformers, {r['cpu_s']:.1f} CPU s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['peak_rss_mb'] - r['baseline_rss_mb']:+.0f} MB over the loaded model)")
+        _print_stages(r)
+        return
 
-    results = {}
-    for method in ("etkdg", "confdiff"):
-        cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-        if proc.returncode:
-            sys.exit(f"{method} child failed:\n{proc.stderr}")
-        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{len(_molecules(args.molecules, args.large))} molecules from {args.molecules}, n={args.n}"
-          f"{f' (large molecule: n={args.large_n})' if args.large else ''}, steps={args.steps}, one thread")
+    results = {method: _child(method) for method in ("etkdg", "confdiff")}
+    print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, steps={args.steps}, "
+          f"--batch-size {args.batch_size} atoms, one thread")
     print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "
           f"{'(+ over start)':>14}")
     for method, r in results.items():
@@ -167,12 +186,7 @@ def main() -> None:
     e, c = results["etkdg"], results["confdiff"]
     ratio = (c["cpu_s"] / c["conformers"]) / (e["cpu_s"] / e["conformers"])
     print(f"confdiff / ETKDGv3 CPU time per conformer: {ratio:.2f}  (model: {c['model']})")
-    print("confdiff CPU time by stage:")
-    for stage, seconds in sorted(c["stages"].items(), key=lambda kv: -kv[1]):
-        print(f"  {stage:<32} {seconds:8.2f} s  {100 * seconds / c['cpu_s']:5.1f} %")
-    for m in c["molecules"]:
-        note = f"  ERROR {m['error']}" if m["error"] else ""
-        print(f"  {m['name']:<28} {m['conformers']:>4} conformers{note}")
+    _print_stages(c)
 
 
 if __name__ == "__main__":

@@ -437,7 +437,7 @@ def _group_records(records: Iterable[Chem.Mol], where: str) -> Iterator[tuple[Ch
     def finish(group: list[Chem.Mol]) -> tuple[Chem.Mol, np.ndarray]:
         mol = Chem.Mol(group[0])
         mol.RemoveAllConformers()
-        weights, energies = [], []
+        weights = []
         for k, record in enumerate(group):
             if [a.GetAtomicNum() for a in record.GetAtoms()] != [a.GetAtomicNum() for a in mol.GetAtoms()]:
                 raise ValueError(f"{where}: conformer {k} of {key(group[0])} has a different atom order")
@@ -524,17 +524,27 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "confdiff" / "datasets"
 
 
+_CACHE_FORMAT = "items/2"  # the fields of a cached molecule; bump when they change
+
+
 def _cache_key(files: Sequence[Path]) -> str:
-    """Hash of the source files (path, size, mtime) and of the featuriser's source code."""
+    """Hash of the cache format, the source files (path, size, mtime) and the featuriser's code."""
     from . import featurize, torsions
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(_CACHE_FORMAT.encode())
     for module in (featurize, torsions):
         h.update(Path(module.__file__).read_bytes())
     for p in files:
         st = p.stat()
         h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
+
+
+def _topology(mol: Chem.Mol) -> bytes:
+    """``mol`` without its conformers, pickled by RDKit (a few hundred bytes)."""
+    bare = Chem.Mol(mol)
+    bare.RemoveAllConformers()
+    return bare.ToBinary()
 
 
 def _in_validation(key: str, seed: int, val_fraction: float) -> bool:
@@ -550,6 +560,8 @@ class ConformerDataset:
     under a key of the source files' paths, sizes and mtimes and the featuriser's code, so they are
     built once. The split is by molecule (its SMILES), deterministic in ``seed``.
     Molecules the featuriser refuses are skipped and counted in ``num_skipped``.
+    Each of ``items`` also keeps ``smiles`` and ``mol``, the molecule without conformers as
+    ``Chem.Mol.ToBinary()`` (atom order of ``pos``), to rebuild reference ensembles for RMSDs.
     """
 
     def __init__(
@@ -610,6 +622,7 @@ class ConformerDataset:
                     "pos": torch.as_tensor(pos, dtype=torch.float32),
                     "weights": torch.as_tensor(weights, dtype=torch.float32),
                     "smiles": smiles,
+                    "mol": _topology(mol),
                 })
         return {"molecules": molecules, "skipped": skipped}
 

@@ -49,21 +49,18 @@ def _sample_index(space, x: Tensor) -> tuple[Tensor, Tensor, int]:
 def _rademacher(space, x: Tensor, generator) -> Tensor:
     """Rademacher signs like ``x`` (one draw per element, per-sample generators honoured),
     mapped to the tangent space with ``space.project`` (linear on Euclidean / zero-CoM)."""
-    if generator is None or isinstance(generator, torch.Generator):
-        kw = {} if generator is None else {"generator": generator}
-        u = torch.randint(0, 2, x.shape, dtype=x.dtype, device=x.device if generator is None else generator.device, **kw)
+    if generator is None:
+        u = torch.randint(0, 2, x.shape, dtype=x.dtype, device=x.device)
+    elif isinstance(generator, torch.Generator):
+        u = torch.randint(0, 2, x.shape, generator=generator, dtype=x.dtype, device=generator.device)
     else:
         ids, rank, _ = _sample_index(space, x)
-        flat_ids, flat_rank = ids.reshape(-1), rank.reshape(-1)
-        counts = torch.bincount(flat_ids, minlength=len(generator)).tolist()
-        draws = [torch.randint(0, 2, (n,), generator=g, dtype=x.dtype, device=g.device).to(x.device)
-                 for g, n in zip(generator, counts)]
-        u = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-        for i, d in enumerate(draws):  # element with rank r of sample i gets draw r of generator i
-            mask = flat_ids == i
-            u[mask] = d[flat_rank[mask]]
-        u = u.reshape(x.shape)
-    return space.project(2.0 * u.to(x.device) - 1.0)
+        counts = torch.bincount(ids.reshape(-1), minlength=len(generator))
+        draws = torch.cat([torch.randint(0, 2, (n,), generator=g, dtype=x.dtype, device=g.device).to(x.device)
+                           for g, n in zip(generator, counts.tolist())])
+        starts = torch.cumsum(counts, 0) - counts
+        u = draws[starts[ids] + rank]  # element of rank r in sample i: draw r of generator i
+    return space.project(2.0 * u - 1.0)
 
 
 def log_likelihood(
@@ -115,8 +112,8 @@ def log_likelihood(
         # unit vectors picking the r-th element of every sample at once, in the tangent space
         probes = [space.project((rank == r).to(x.dtype)) for r in range(max_count)]
     else:
-        draw = (lambda: space.noise(x, generator)) if probe == "gaussian" else (lambda: _rademacher(space, x, generator))
-        probes = [draw() for _ in range(int(num_probes))]
+        draw = space.noise if probe == "gaussian" else (lambda y, g: _rademacher(space, y, g))
+        probes = [draw(x, generator) for _ in range(int(num_probes))]
 
     def fn(y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
@@ -154,8 +151,9 @@ def dequantize(pixels: Tensor, *, n_bins: int = 256, data_range: tuple[float, fl
     if not hi > lo:
         raise ValueError(f"data_range must have hi > lo, got {data_range!r}")
     k = pixels.to(torch.get_default_dtype() if not pixels.is_floating_point() else pixels.dtype)
-    u = torch.rand(k.shape, generator=generator, dtype=k.dtype, device=k.device if generator is None else generator.device)
-    return lo + (k + u.to(k.device)) * ((hi - lo) / n_bins)
+    device = k.device if generator is None else generator.device
+    u = torch.rand(k.shape, generator=generator, dtype=k.dtype, device=device).to(k.device)
+    return lo + (k + u) * ((hi - lo) / n_bins)
 
 
 def bits_per_dim(log_p_nats: Tensor, num_dims, *, n_bins: int = 256, data_scale: float = 2.0) -> Tensor:

@@ -90,9 +90,11 @@ def uniform_times(num: int, *, generator=None, t_min: float = 1e-5, t_max: float
     if isinstance(generator, (list, tuple)):
         if len(generator) != num:
             raise ValueError(f"got {len(generator)} generators for {num} samples")
-        u = torch.cat([torch.rand(1, generator=g, dtype=dtype, device=device) for g in generator])
+        u = torch.cat([torch.rand(1, generator=g, dtype=dtype, device=g.device) for g in generator]).to(device)
+    elif generator is not None:  # draw on the generator's device, so a CPU generator works for any state
+        u = torch.rand(num, generator=generator, dtype=dtype, device=generator.device).to(device)
     else:
-        u = torch.rand(num, generator=generator, dtype=dtype, device=device)
+        u = torch.rand(num, dtype=dtype, device=device)
     return t_min + (t_max - t_min) * u
 
 
@@ -351,8 +353,9 @@ def denoising_score_matching_loss(
     return space.sum(w * (output - target) ** 2)
 
 
-def score_fn_from_model(model_fn: Callable[[Tensor, Tensor], Tensor], sde,
-                        parameterization: Parameterization | str = "epsilon") -> Callable[[Tensor, Tensor], Tensor]:
+def score_fn_from_model(
+    model_fn: Callable[[Tensor, Tensor], Tensor], sde, parameterization: Parameterization | str = "epsilon"
+) -> Callable[[Tensor, Tensor], Tensor]:
     """Wrap ``model_fn(x, t) -> F`` as the score function ``score_fn(x, t)`` that samplers take."""
     param = _resolve(parameterization, PARAMETERIZATIONS, "parameterization")
 

@@ -107,7 +107,8 @@ def time_grid(steps: int, t_min: float = 1e-3, t_max: float = 1.0, *, kind: str 
             lam = -2.0 * torch.log(ratio)
         ts = _invert_log_snr(schedule, lam, t_min, t_max)
     else:
-        raise ValueError(f"unknown kind {kind!r}; choose from 'uniform', 'quadratic', 'log', 'log_snr', 'edm'")
+        raise ValueError(f"unknown kind {kind!r}; choose from 'uniform', 'quadratic', 'log', 'log_snr', "
+                         "'edm'")
     ts[0], ts[-1] = t_max, t_min
     return ts
 
@@ -181,10 +182,12 @@ def sample_predictor_corrector(score_fn: ScoreFn, x: Tensor, sde, ts, *, generat
     Langevin steps at ``s``, ``x <- x + e s(x) + sqrt(2 e) z`` with the signal-to-noise-tuned step
     ``e = 2 a (snr ||z|| / ||s(x)||)^2``, ``a = alpha_t^2 / alpha_s^2`` (``= 1 - beta_i`` for VP, 1 for VE).
 
-    ``norm="sample"`` takes the norms per sample (sample ``i`` independent of the batch; right when
-    each sample has many dimensions); ``norm="batch"`` averages them over the batch as the reference
-    implementation does, which is steadier in very low dimension (a per-sample ``||s||`` near 0 at a
-    mode makes that sample's step huge).
+    ``norm="sample"`` (default) takes the norms per sample, as the algorithm is written for one
+    sample; sample ``i`` then does not depend on the batch.  It needs many dimensions per sample
+    (images, molecules): in very low dimension ``||s||`` is often near 0 close to a mode and that
+    sample's step explodes (2-D mixtures come out badly wrong).  ``norm="batch"`` averages both
+    norms over the batch, as the reference implementation (score_sde) does: steady in any dimension,
+    but samples then depend on the batch.
     """
     if norm not in ("sample", "batch"):
         raise ValueError(f"norm must be 'sample' or 'batch', got {norm!r}")
@@ -213,7 +216,7 @@ def sample_predictor_corrector(score_fn: ScoreFn, x: Tensor, sde, ts, *, generat
 
 
 def ddpm_step(x: Tensor, eps: Tensor, alpha_t, sigma_t, alpha_s, sigma_s, noise: Tensor) -> Tensor:
-    """Ancestral step ``t -> s < t``: a draw of the posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020, eqs. 6-7, 11).
+    """Ancestral step ``t -> s < t``: a draw of ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020, eqs. 6-7 and 11).
 
     With ``alpha_{t|s} = alpha_t / alpha_s`` and ``sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2``
     (the ``beta_t`` of DDPM between consecutive grid times; Kingma et al. 2021, eq. 33):
@@ -440,7 +443,8 @@ def sample_annealed_langevin(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator
                              step_lr: float = 2e-5, n_steps_each: int = 5) -> Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) over the noise levels of ``ts``.
 
-    For each level ``t_i`` (all of ``ts``): ``n_steps_each`` steps ``x <- x + a_i / 2 s(x, t_i) + sqrt(a_i) z``
+    For each level ``t_i`` (all of ``ts``), ``n_steps_each`` steps
+    ``x <- x + a_i / 2 s(x, t_i) + sqrt(a_i) z``
     with ``a_i = step_lr (sigma_i / sigma_L)^2`` and ``sigma_L = sigma(ts[-1])``; each level's target is
     the marginal ``p_{t_i}``.
     """

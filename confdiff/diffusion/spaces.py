@@ -21,7 +21,7 @@ from typing import Callable, Union
 import torch
 from torch import Tensor
 
-from .torus import sample_wrapped_normal, wrap, wrapped_normal_log_prob
+from .torus import wrap, wrapped_normal_log_prob
 
 __all__ = ["Space", "Euclidean", "ZeroCoM", "Torus", "Product", "GeneratorLike"]
 

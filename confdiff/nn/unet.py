@@ -10,7 +10,6 @@ embedding with one extra *null* label (index ``num_classes``) for classifier-fre
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -197,9 +196,6 @@ class UNet(nn.Module):
         model = cls(UNetConfig(**cfg.get("unet", cfg)))
         model.load_state_dict(ckpt.get("ema") or ckpt["model"])
         return model
-
-    def config_dict(self) -> dict:
-        return dataclasses.asdict(self.config)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config

@@ -18,16 +18,25 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from torch import Tensor
 
-__all__ = ["GaussianMixture", "WrappedNormalMixture", "wrap", "moment_check", "mean_cov_check", "one_thread"]
+__all__ = ["GaussianMixture", "WrappedNormalMixture", "wrap", "moment_check", "mean_cov_check"]
 
 
 def wrap(x: Tensor) -> Tensor:
     """Angles wrapped to ``[-pi, pi)``."""
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+    y = x - 2 * math.pi * torch.floor((x + math.pi) / (2 * math.pi))
+    return torch.where(y >= math.pi, y - 2 * math.pi, y)  # rounding can land on pi
+
+
+def _per_sample(v: Tensor, n: int, dtype):
+    """``v`` as a Python float when it is one value for the whole batch (the usual case: samplers
+    step all samples together), else as a ``(n,)`` tensor; scalars make the loops below cheaper."""
+    v = torch.as_tensor(v)
+    if v.numel() == 1 or bool((v == v.reshape(-1)[0]).all()):
+        return float(v.reshape(-1)[0])
+    return v.to(dtype).expand(n)
 
 
 def _randn(shape: tuple[int, ...], generator, dtype) -> Tensor:
@@ -87,9 +96,8 @@ class GaussianMixture:
         Written over contiguous ``(B,)`` vectors (loops over the few components and dimensions):
         reductions over tiny trailing dimensions are slow on the CPU.
         """
-        dtype = x.dtype
-        a = alpha.to(dtype).expand(x.shape[0])
-        s2 = sigma.to(dtype).expand(x.shape[0]) ** 2
+        a = _per_sample(alpha, x.shape[0], x.dtype)
+        s2 = _per_sample(sigma, x.shape[0], x.dtype) ** 2
         a2 = a * a
         cols = x.T.contiguous()  # (D, B)
         D = self.dim
@@ -106,7 +114,7 @@ class GaussianMixture:
                 lam = a2 * lam_k[i] + s2  # eigenvalue of alpha^2 Sigma_k + sigma^2 I
                 y = sum(U[j][i] * d[j] for j in range(D))
                 quad = quad + y * y / lam
-                logdet = logdet + torch.log(lam)
+                logdet = logdet + (math.log(lam) if isinstance(lam, float) else torch.log(lam))
                 w.append(y / lam)
             log_comps.append(-0.5 * (quad + logdet + D * math.log(2 * math.pi)))
             # -C_k^{-1} (x - alpha mu_k) = -U (y / lam)
@@ -120,7 +128,7 @@ class GaussianMixture:
         m = lw[0]
         for v in lw[1:]:
             m = torch.maximum(m, v)
-        e = [torch.exp(v - m) for v in lw]
+        e = [torch.exp(torch.clamp(v - m, min=-80.0)) for v in lw]  # no denormals (slow)
         total = sum(e)
         return [v / total for v in e], m + torch.log(total), score_comps
 
@@ -129,8 +137,14 @@ class GaussianMixture:
         return self._posterior(x, alpha, sigma)[1]
 
     def responsibilities(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """``p(k | x_t)``, shape (B, K)."""
+        """``p(k | x_t)``, shape (B, K) (values below ~1e-35 relative are flushed to 0)."""
         return torch.stack(self._posterior(x, alpha, sigma)[0], -1)
+
+    def log_responsibilities(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+        """``log p(k | x_t)``, shape (B, K), exact in log space (a classifier's log-probability)."""
+        log_comps, _ = self._terms(x, alpha, sigma)
+        lw = torch.stack(log_comps, -1) + torch.log(self.weights.to(x.dtype))
+        return lw - torch.logsumexp(lw, -1, keepdim=True)
 
     def score(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         """``grad_x log p_t(x) = sum_k p(k | x) (-C_k^{-1}(x - alpha mu_k))``, shape (B, D)."""
@@ -163,10 +177,12 @@ def _wn_images(d: Tensor, v: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
     inv_v = 1.0 / v
     total, moment = torch.ones_like(d), d.clone()
     for n in [*range(-n_max, 0), *range(1, n_max + 1)]:
-        e = torch.exp(-(2 * math.pi * n) * inv_v * (d + math.pi * n))
+        # clamped: a term below exp(-80) is negligible, and denormal results are very slow
+        e = torch.exp(torch.clamp(-(2 * math.pi * n) * inv_v * (d + math.pi * n), min=-80.0))
         total = total + e
         moment = moment + (d + 2 * math.pi * n) * e
-    log_p = -0.5 * d * d * inv_v - 0.5 * torch.log(2 * math.pi * v) + torch.log(total)
+    log_norm = math.log(2 * math.pi * v) if isinstance(v, float) else torch.log(2 * math.pi * v)
+    log_p = -0.5 * d * d * inv_v - 0.5 * log_norm + torch.log(total)
     return log_p, -moment * inv_v / total
 
 
@@ -174,7 +190,7 @@ def _wn_fourier(d: Tensor, v: Tensor, n_max: int) -> tuple[Tensor, Tensor]:
     """Theta-function series ``(1 + 2 sum_{n=1}^{n_max} q^{n^2} cos(n d)) / 2 pi``, ``q = exp(-v / 2)``."""
     c, dc = torch.ones_like(d), torch.zeros_like(d)
     for n in range(1, n_max + 1):
-        qn = torch.exp(-0.5 * n * n * v)
+        qn = math.exp(-0.5 * n * n * v) if isinstance(v, float) else torch.exp(-0.5 * n * n * v)
         c = c + 2.0 * qn * torch.cos(n * d)
         dc = dc - 2.0 * n * qn * torch.sin(n * d)
     return torch.log(c) - math.log(2 * math.pi), dc / c
@@ -189,6 +205,10 @@ def _wn_terms(d: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     ``var`` have the same shape; every operation is on whole tensors (reductions over a tiny
     trailing axis are slow on the CPU).
     """
+    if isinstance(var, float):  # one variance for the whole batch
+        if var < 4.0:
+            return _wn_images(d, var, max(1, math.ceil((math.sqrt(1.0 + 90.0 * var / math.pi**2) - 1.0) / 2.0)))
+        return _wn_fourier(d, var, max(1, math.ceil(math.sqrt(96.0 / var))))
     small = var < 4.0
     all_small, none_small = bool(small.all()), not bool(small.any())
     if not none_small:
@@ -236,7 +256,7 @@ class WrappedNormalMixture:
 
     def _posterior(self, x: Tensor, sigma: Tensor):
         """Responsibilities ``[K x (B,)]``, ``log p (B,)`` and component score columns ``[K x [m x (B,)]]``."""
-        s2 = sigma.to(x.dtype).expand(x.shape[0]) ** 2
+        s2 = _per_sample(sigma, x.shape[0], x.dtype) ** 2
         cols = x.T.contiguous()  # (m, B)
         means, var0 = self.means.tolist(), (self.stds**2).tolist()
         log_comps, score_comps = [], []
@@ -252,7 +272,7 @@ class WrappedNormalMixture:
         m = lw[0]
         for v in lw[1:]:
             m = torch.maximum(m, v)
-        e = [torch.exp(v - m) for v in lw]
+        e = [torch.exp(torch.clamp(v - m, min=-80.0)) for v in lw]  # no denormals (slow)
         total = sum(e)
         return [v / total for v in e], m + torch.log(total), score_comps
 
@@ -338,15 +358,3 @@ def mean_cov_check(x: Tensor, mean: Tensor, cov: Tensor, n_se: float = 3.0) -> t
     z = torch.cat([z_mean, z_cov])
     return bool((z.abs() <= n_se).all()), z
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run a test module on one intra-op thread (imported by the test modules, autouse there).
-
-    The tensors here are small: extra threads only add synchronisation, and on a busy machine
-    oversubscribed threads made some samplers over ten times slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -13,7 +13,6 @@ import torch
 
 from confdiff.diffusion import SDE, Euclidean, Schedule, sample_ddim, sample_ddpm
 from confdiff.diffusion.samplers import ddim_step, ddpm_step
-from mixtures import one_thread  # noqa: F401  (autouse fixture)
 
 diffusers = pytest.importorskip("diffusers")
 scheduling_ddpm = pytest.importorskip("diffusers.schedulers.scheduling_ddpm")
@@ -67,7 +66,8 @@ def eps_model(x, timestep):
     """A fixed smooth function of the sample and the integer timestep: the exact eps of N(0, I)
     data, ``sqrt(1 - abar) x``, plus a smooth perturbation (so the chains stay of order one)."""
     tau = timestep / T
-    return torch.sqrt(1.0 - ALPHAS_CUMPROD[timestep]) * x + 0.2 * torch.tanh(2.0 * x) * torch.sin(torch.tensor(3.0 * tau))
+    wiggle = 0.2 * torch.tanh(2.0 * x) * torch.sin(torch.tensor(3.0 * tau))
+    return torch.sqrt(1.0 - ALPHAS_CUMPROD[timestep]) * x + wiggle
 
 
 def _setup(scheduler_cls, **config):
@@ -136,7 +136,8 @@ def test_ddim_chain_matches_diffusers(eta):
     theirs = x.clone()
     for timestep in steps[:-1]:
         noise = sde.space.noise(theirs, noise_gen) if eta > 0 else None
-        theirs = sched.step(eps_model(theirs, timestep), timestep, theirs, eta=eta, variance_noise=noise).prev_sample
+        out = sched.step(eps_model(theirs, timestep), timestep, theirs, eta=eta, variance_noise=noise)
+        theirs = out.prev_sample
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
 
 

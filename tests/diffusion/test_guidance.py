@@ -18,7 +18,7 @@ from confdiff.diffusion import (
     sample_heun,
     time_grid,
 )
-from mixtures import GaussianMixture, mean_cov_check, one_thread  # noqa: F401  (autouse fixture)
+from mixtures import GaussianMixture, mean_cov_check
 
 F64 = torch.float64
 SCHED = VPLinear()
@@ -39,7 +39,7 @@ def cond_score(k):
 
 def log_classifier(k):
     """``log p_t(y = k | x)``, shape (B,)."""
-    return lambda x, t: torch.log(MIX.responsibilities(x, SCHED.alpha(t), SCHED.sigma(t))[:, k])
+    return lambda x, t: MIX.log_responsibilities(x, SCHED.alpha(t), SCHED.sigma(t))[:, k]
 
 
 def _points(n=64):

@@ -18,7 +18,7 @@ from confdiff.diffusion import (
     dequantize,
     log_likelihood,
 )
-from mixtures import GaussianMixture, WrappedNormalMixture, one_thread  # noqa: F401  (autouse fixture)
+from mixtures import GaussianMixture, WrappedNormalMixture
 
 F64 = torch.float64
 
@@ -74,7 +74,8 @@ def test_exact_divergence_on_a_gaussian_mixture():
     """A non-linear score: the mixture's log-density at t_min is known exactly."""
     sched = VPLinear(0.1, 30.0)  # alpha(1) ~ 5e-4: the prior matches p_1 to ~1e-3 nats for this mixture
     sde = SDE(sched, Euclidean())
-    mix = GaussianMixture([0.6, 0.4], [[-1.0, 0.0], [1.5, 0.5]], [[[0.3, 0.1], [0.1, 0.2]], [[0.2, 0.0], [0.0, 0.4]]])
+    mix = GaussianMixture([0.6, 0.4], [[-1.0, 0.0], [1.5, 0.5]],
+                          [[[0.3, 0.1], [0.1, 0.2]], [[0.2, 0.0], [0.0, 0.4]]])
     x, _ = mix.sample(16, torch.Generator().manual_seed(2))
     t_min = 1e-5
     log_p, _ = log_likelihood(mix.score_fn(sched), x, sde, t_min=t_min, rtol=1e-6, atol=1e-6)

@@ -29,7 +29,7 @@ from confdiff.diffusion import (
     wrapped_normal_log_prob,
 )
 from confdiff.diffusion.losses import sde_coefficients
-from mixtures import GaussianMixture, one_thread  # noqa: F401  (autouse fixture)
+from mixtures import GaussianMixture
 
 PARAMS = [EpsilonPrediction(), X0Prediction(), VPrediction(), ScorePrediction()]
 WEIGHTS = [SimpleWeighting(), LikelihoodWeighting(), MinSNRWeighting(5.0)]
@@ -100,7 +100,8 @@ def test_loss_is_parameterisation_invariant_in_score_units(weighting):
 
 
 def test_weightings_in_epsilon_units():
-    """Simple: ||eps_hat - eps||^2 (Ho et al. eq. 14); likelihood: g^2 / sigma^2 times it; min-SNR: min(SNR, gamma) / SNR times it."""
+    """Simple: ``||eps_hat - eps||^2`` (Ho et al. eq. 14); likelihood: ``g^2 / sigma^2`` times it;
+    min-SNR: ``min(SNR, gamma) / SNR`` times it."""
     sde = SDE(VPLinear(), Euclidean())
     g = torch.Generator().manual_seed(2)
     x0, noise, eps_hat = torch.randn(3, 8, 2, generator=g, dtype=F64)
@@ -178,7 +179,8 @@ def test_per_sample_generators_make_losses_batch_independent():
     sde = SDE(VPLinear(), Euclidean())
     x0 = torch.randn(5, 2, dtype=F64)
     model = lambda x, tt: torch.sin(x) * tt[:, None]  # noqa: E731
-    full = denoising_score_matching_loss(model, x0, sde, generator=[torch.Generator().manual_seed(i) for i in range(5)])
+    gens = [torch.Generator().manual_seed(i) for i in range(5)]
+    full = denoising_score_matching_loss(model, x0, sde, generator=gens)
     part = denoising_score_matching_loss(model, x0[2:3], sde, generator=[torch.Generator().manual_seed(2)])
     assert full.shape == (5,)
     torch.testing.assert_close(part, full[2:3])

@@ -198,7 +198,8 @@ def test_torus_batched_layout():
     x = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
     torch.testing.assert_close(space.sum(x), torch.tensor([0.2, 0.9, 0.0, 0.4]))
     torch.testing.assert_close(space.dim(x), torch.tensor([1.0, 3.0, 0.0, 1.0]))
-    torch.testing.assert_close(space.broadcast(torch.tensor([10.0, 20, 30, 40]), x), torch.tensor([20.0, 10, 20, 40, 20]))
+    expected = torch.tensor([20.0, 10, 20, 40, 20])
+    torch.testing.assert_close(space.broadcast(torch.tensor([10.0, 20, 30, 40]), x), expected)
     assert Torus(batch).num_samples(x) == 4  # inferred from batch.max() + 1
     with pytest.raises(ValueError):
         Torus(batch, 3)
@@ -242,3 +243,14 @@ def test_product_validation():
         Product([Euclidean()], [(2,), (3,)])
     with pytest.raises(ValueError):
         Product([], [])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_generators_give_the_same_noise_on_cuda():
+    space, x = make("zerocom")
+    B = space.num_samples(x)
+    cpu = space.noise(x, [torch.Generator().manual_seed(i) for i in range(B)])
+    cuda_space = ZeroCoM(space.batch.cuda(), B)
+    gpu = cuda_space.noise(x.cuda(), [torch.Generator().manual_seed(i) for i in range(B)])
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu)

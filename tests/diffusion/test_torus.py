@@ -157,7 +157,7 @@ def _dense_points(n, seed):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fast_score_relative_error(dtype):
     """Relative error below 1e-4 for sigma in [0.01, 3.2], including right next to the zeros."""
-    x, sigma = _dense_points(200_000, seed=0)
+    x, sigma = _dense_points(100_000, seed=0)
     x, sigma = x.to(dtype), sigma.to(dtype)
     fast = fast_wrapped_normal_score(x, sigma)
     assert fast.dtype == dtype and fast.shape == x.shape
@@ -180,8 +180,8 @@ def test_fast_score_outside_range_and_broadcast():
 
 
 def test_expected_squared_score():
-    sigma = torch.cat([torch.linspace(0.01, 3.2, 300, dtype=F64), torch.tensor([5.0, 7.99, 8.01, 10.0], dtype=F64)])
-    n = 8192
+    sigma = torch.cat([torch.linspace(0.01, 3.2, 150, dtype=F64), torch.tensor([5.0, 7.99, 8.01, 10.0], dtype=F64)])
+    n = 1024  # periodic trapezoidal rule: aliasing error ~ exp(-n^2 sigma^2 / 2) < 1e-20 here
     x = -PI + 2 * PI * torch.arange(n, dtype=F64) / n
     xx, ss = torch.broadcast_tensors(x, sigma[:, None])
     ref = (wrapped_normal_log_prob(xx, ss).exp() * wrapped_normal_score(xx, ss) ** 2).mean(-1) * 2 * PI
@@ -194,9 +194,9 @@ def test_expected_squared_score():
     # Monte Carlo: E[s^2] over wrapped-normal samples
     g = torch.Generator().manual_seed(0)
     s = 0.7
-    samples = sample_wrapped_normal((400_000,), s, g, dtype=F64)
+    samples = sample_wrapped_normal((100_000,), s, g, dtype=F64)
     mc = float((wrapped_normal_score(samples, s) ** 2).mean())
-    assert mc == pytest.approx(float(wrapped_normal_score_norm(torch.tensor(s, dtype=F64))), rel=1e-2)
+    assert mc == pytest.approx(float(wrapped_normal_score_norm(torch.tensor(s, dtype=F64))), rel=2e-2)
     assert wrapped_normal_score_norm(torch.tensor([1.0])).dtype == torch.float32
 
 
@@ -221,3 +221,17 @@ def test_no_table_built_at_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_score_on_cuda_matches_cpu():
+    x, sigma = _dense_points(100_000, seed=1)
+    for dtype in (torch.float32, torch.float64):
+        xc, sc = x.to("cuda", dtype), sigma.to("cuda", dtype)
+        fast = fast_wrapped_normal_score(xc, sc)
+        assert fast.device.type == "cuda" and fast.dtype == dtype
+        exact = wrapped_normal_score(xc.double().cpu(), sc.double().cpu())
+        rel = (fast.double().cpu() - exact).abs() / exact.abs().clamp(min=FLOOR)
+        assert float(rel.max()) < 1e-4
+        ref = wrapped_normal_score_norm(sigma.to(dtype))
+        torch.testing.assert_close(wrapped_normal_score_norm(sc).cpu(), ref)

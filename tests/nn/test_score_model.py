@@ -41,14 +41,6 @@ def make_batch(mols: list[Chem.Mol], dtype: torch.dtype = torch.float64, seed: i
     return batch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def mols() -> list[Chem.Mol]:

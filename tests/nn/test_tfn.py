@@ -20,13 +20,6 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
 IRREPS = o3.Irreps("4x0e + 2x0o + 3x1o + 2x1e + 1x2e")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
 def dtype(request):

@@ -1,0 +1,123 @@
+"""``confdiff score``: grouping records into molecules, the written property, --rank and --top."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+import confdiff.conformer_likelihood
+import confdiff.conformers
+from confdiff import score_command
+from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
+from confdiff.cli import COMMANDS
+from confdiff.conformer_diffusion import ConformerDiffusionConfig
+from confdiff.conformer_likelihood import likelihood
+from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    score_command.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def write_input(path, molecules: list[tuple[str, str, int]], flat_after: int | None = None) -> list[Chem.Mol]:
+    """One SDF record per conformer of each ``(name, smiles, n)``; optionally a 2D record after molecule ``flat_after``."""
+    mols = []
+    with Chem.SDWriter(str(path)) as writer:
+        for k, (name, smiles, n) in enumerate(molecules):
+            mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+            AllChem.EmbedMultipleConfs(mol, n, randomSeed=3)
+            mol.SetProp("_Name", name)
+            for conf in mol.GetConformers():
+                mol.SetIntProp("input_id", 10 * k + conf.GetId())
+                writer.write(mol, confId=conf.GetId())
+            mols.append(mol)
+            if flat_after == k:
+                flat = Chem.MolFromSmiles("CCO")
+                AllChem.Compute2DCoords(flat)
+                flat.SetProp("_Name", "flat")
+                writer.write(flat)
+    return mols
+
+
+def read_output(path) -> list[Chem.Mol]:
+    return [m for m in Chem.SDMolSupplier(str(path), removeHs=False)]
+
+
+@pytest.fixture
+def fake_likelihood(monkeypatch):
+    """The x coordinate of atom 0 as the 'log-likelihood': a known order for the CLI logic."""
+    def fake(mol, model, **kwargs):
+        return [float(c.GetAtomPosition(0).x) for c in mol.GetConformers()]
+
+    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, device=None: "model")
+    monkeypatch.setattr(confdiff.conformer_likelihood, "likelihood", fake)
+
+
+def test_score_is_registered():
+    assert COMMANDS["score"][0] == "confdiff.score_command"
+
+
+def test_every_record_gets_its_log_likelihood_and_keeps_its_properties(tmp_path, fake_likelihood, capsys):
+    write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 3), ("nma", "CC(=O)NC", 2)])
+    assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.sdf"))) == 0
+    out = read_output(tmp_path / "out.sdf")
+    assert [m.GetIntProp("input_id") for m in out] == [0, 1, 2, 10, 11]  # input order
+    for m in out:
+        assert m.GetDoubleProp("log_likelihood") == pytest.approx(m.GetConformer().GetAtomPosition(0).x, abs=1e-4)
+    assert "5 conformers scored, 5 written, 0 failed" in capsys.readouterr().err
+
+
+def test_rank_sorts_and_top_keeps_the_most_likely_of_each_molecule(tmp_path, fake_likelihood):
+    write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 5), ("nma", "CC(=O)NC", 4)])
+    args = parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "ranked.sdf"), "--rank")
+    assert score_command.run(args) == 0
+    ranked = read_output(tmp_path / "ranked.sdf")
+    for name in ("glycol", "nma"):
+        values = [m.GetDoubleProp("log_likelihood") for m in ranked if m.GetProp("_Name") == name]
+        assert values == sorted(values, reverse=True) and len(values) == {"glycol": 5, "nma": 4}[name]
+
+    assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "top.sdf"), "--top", "2")) == 0
+    top = read_output(tmp_path / "top.sdf")
+    for name in ("glycol", "nma"):
+        kept = [m for m in top if m.GetProp("_Name") == name]
+        best = sorted((m for m in ranked if m.GetProp("_Name") == name),
+                      key=lambda m: -m.GetDoubleProp("log_likelihood"))[:2]
+        assert {m.GetIntProp("input_id") for m in kept} == {m.GetIntProp("input_id") for m in best}
+        ids = [m.GetIntProp("input_id") for m in kept]
+        assert ids == sorted(ids)  # without --rank the input order is kept
+
+
+def test_a_record_without_3d_coordinates_is_reported_and_the_rest_scored(tmp_path, fake_likelihood, capsys):
+    write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 2), ("glycol", "OCCO", 2)], flat_after=0)
+    assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.sdf"))) == 1
+    err = capsys.readouterr().err
+    assert "record 3 (flat)" in err and "4 conformers scored, 4 written, 1 failed" in err
+    assert len(read_output(tmp_path / "out.sdf")) == 4
+
+
+def test_the_written_values_are_those_of_likelihood(tmp_path):
+    torch.manual_seed(0)
+    config = ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=4, num_vectors=2, num_layers=2,
+                              edge_dim=4, num_rbf=4, sigma_embed_dim=4)
+    model = ScoreModel(config)
+    with torch.no_grad():  # keep the random coordinate drift small, as a trained model's
+        for p in (*model.pos_edge_out.parameters(), *model.pos_linear.parameters()):
+            p.mul_(0.1)
+    checkpoint = {"kind": "conformer_score_model", "ema": model.state_dict(),
+                  "model_config": {"model": config.to_dict(), "diffusion": ConformerDiffusionConfig().to_dict()}}
+    torch.save(checkpoint, tmp_path / "model.pt")
+    (mol,) = write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 3)])
+
+    args = parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.sdf"), "--model", str(tmp_path / "model.pt"),
+                 "--divergence", "hutchinson", "--atol", "1e-2", "--seed", "4", "--device", "cpu")
+    assert score_command.run(args) == 0
+    written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "out.sdf")]
+    expected = likelihood(mol, confdiff.conformers.load_model(tmp_path / "model.pt"), divergence="hutchinson",
+                          atol=1e-2, generator=torch.Generator().manual_seed(4))
+    assert written == pytest.approx(expected, abs=1e-5)
