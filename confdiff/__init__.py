@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_model": "confdiff.conformers",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["ConformerGenerator", "GenerationError", "__version__", "generate", "load_model"]
 
 
 def __getattr__(name: str):

@@ -63,37 +63,46 @@ class ConformerDiffusion:
         self.pos_schedule = VEGeometric(config.sigma_pos_min, config.sigma_pos_max)
 
     # --- the state space of a batch ---------------------------------------------------------
-    def sde(self, batch) -> ProductSDE:
-        """The product SDE for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``."""
+    def sde(self, batch, *, coordinates: bool = True) -> ProductSDE:
+        """The product SDE for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``.
+
+        ``coordinates=False`` gives the torsion-only process (state ``d``; the local structure of
+        ``pos_ref`` is kept exactly, as in torsional diffusion).
+        """
         num_graphs = batch.num_graphs
         tor_batch = batch.batch[batch.torsion_index[0]]  # graph of each torsion
-        space = Product(
-            [Torus(tor_batch, num_graphs), ZeroCoM(batch.batch, num_graphs)],
-            [(tor_batch.shape[0],), (batch.num_nodes, 3)],
-        )
-        tor_space, pos_space = space.spaces
-        return ProductSDE([SDE(self.tor_schedule, tor_space), SDE(self.pos_schedule, pos_space)], space)
+        spaces, shapes = [Torus(tor_batch, num_graphs)], [(tor_batch.shape[0],)]
+        sdes = [SDE(self.tor_schedule, spaces[0])]
+        if coordinates:
+            spaces.append(ZeroCoM(batch.batch, num_graphs))
+            shapes.append((batch.num_nodes, 3))
+            sdes.append(SDE(self.pos_schedule, spaces[1]))
+        return ProductSDE(sdes, Product(spaces, shapes))
 
     def positions(self, sde: ProductSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
-        """Conformer ``x(y) = T(pos_ref, d) + e``, shape (N, 3)."""
-        d, e = sde.space.split(y)
-        return apply_torsion_changes(pos_ref, batch, d) + e
+        """Conformer ``x(y) = T(pos_ref, d) + e`` (``e = 0`` for the torsion-only process), shape (N, 3)."""
+        d, *e = sde.space.split(y)
+        pos = apply_torsion_changes(pos_ref, batch, d)
+        return pos + e[0] if e else pos
 
-    def noisy_batch(self, batch, pos: Tensor, t: Tensor):
-        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)``."""
+    def noisy_batch(self, batch, pos: Tensor, t: Tensor, *, coordinates: bool = True):
+        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)``
+        (the smallest coordinate noise level when the coordinates do not diffuse)."""
         noisy = copy.copy(batch)
         noisy.pos = pos
         noisy.sigma_tor = self.tor_schedule.sigma(t)
-        noisy.sigma_pos = self.pos_schedule.sigma(t)
+        noisy.sigma_pos = self.pos_schedule.sigma(t if coordinates else torch.zeros_like(t))
         return noisy
 
     def score_fn(self, model, batch, pos_ref: Tensor, sde: ProductSDE):
-        """``score_fn(y, t) -> (T + 3N,)`` for the core's samplers and likelihood."""
+        """``score_fn(y, t)`` of the state of ``sde`` for the core's samplers and likelihood."""
+        coordinates = len(sde.space.spaces) == 2
 
         def score(y: Tensor, t: Tensor) -> Tensor:
             pos = self.positions(sde, batch, pos_ref, y)
-            tor_score, pos_score = model(self.noisy_batch(batch, pos, t))
-            return sde.space.join([tor_score.to(y.dtype), pos_score.to(y.dtype)])
+            tor_score, pos_score = model(self.noisy_batch(batch, pos, t, coordinates=coordinates))
+            parts = [tor_score, pos_score] if coordinates else [tor_score]
+            return sde.space.join([p.to(y.dtype) for p in parts])
 
         return score
 

@@ -309,6 +309,8 @@ class ConformerGenerator:
     prune_rms : drop conformers within this heavy-atom RMSD (Angstrom) of a kept one.
     energy_window : after relaxation, keep conformers within this many kcal/mol of the lowest.
     num_workers : threads for the ETKDG seeds and for xtb.
+    refine_coordinates : diffuse the atom coordinates too (default); False keeps the seed's bond
+        lengths, angles and ring puckers exactly and diffuses the torsions only.
     """
 
     def __init__(
@@ -324,6 +326,7 @@ class ConformerGenerator:
         prune_rms: float | None = None,
         energy_window: float | None = None,
         num_workers: int = 1,
+        refine_coordinates: bool = True,
     ):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -357,6 +360,7 @@ class ConformerGenerator:
         self.prune_rms = prune_rms
         self.energy_window = energy_window
         self.num_workers = num_workers
+        self.refine_coordinates = refine_coordinates
 
     # --- public API -------------------------------------------------------------------------------
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
@@ -471,12 +475,13 @@ class ConformerGenerator:
             batch = Batch.from_data_list([job.graph for job, _ in chunk]).to(self.device)
             pos_ref = torch.cat([job.seeds[self._seed_of(job, i)] for job, i in chunk]).to(self.device)
             generators = conformer_generators(seed, [i for _, i in chunk])
-            sde = self.diffusion.sde(batch)
+            sde = self.diffusion.sde(batch, coordinates=self.refine_coordinates)
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
-            d, e = sde.space.split(y)
+            d, *rest = sde.space.split(y)
             rigid = apply_torsion_changes(pos_ref, batch, d)
+            e = rest[0] if rest else torch.zeros_like(rigid)
             sizes = batch.ptr.diff().tolist()
             for (job, i), full_i, rigid_i in zip(chunk, (rigid + e).cpu().split(sizes), rigid.cpu().split(sizes)):
                 out[id(job)][0][i] = full_i.numpy()

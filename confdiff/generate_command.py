@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .chem.io import MolRecord, MoleculeInputError, SDFWriter, read_molecules, record_text
+from .chem.io import (
+    MoleculeInputError,
+    MolRecord,
+    SDFWriter,
+    read_molecules,
+    record_text,
+)
 
 __all__ = ["add_arguments", "completed_records", "keep_freed_memory", "run"]
 
@@ -66,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=20000, metavar="ATOMS",
                         help="most atoms (all conformers of all molecules together) in one graph batch; "
                              "bounds memory (20000)")
-    parser.add_argument("--num-workers", type=int, default=1, help="threads for ETKDG seeds and xtb (1)")
+    parser.add_argument("--num-workers", type=int, default=1, help="CPU threads for torch, ETKDG seeds and xtb (1)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
     parser.add_argument("--errors", default=None, metavar="TSV", help="write failures here instead of stderr")
     parser.add_argument("--resume", action="store_true", help="complete an interrupted run's output file")
@@ -146,7 +152,7 @@ class _Report:
         self.errors = None
         if errors is not None:
             fresh = not (append and errors.exists() and errors.stat().st_size)
-            self.errors = open(errors, "a" if append else "w")
+            self.errors = open(errors, "a" if append else "w")  # noqa: SIM115 (closed by close())
             if fresh:
                 self.errors.write("record\tname\treason\n")
         self.bar = None
@@ -220,7 +226,7 @@ def keep_freed_memory() -> None:
 def _resolve_shard(shard: tuple[int, int] | None) -> tuple[int, int]:
     if shard is not None:
         return shard
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if not 0 <= rank < world:
         raise ValueError(f"--shard auto: RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world
@@ -266,8 +272,8 @@ def run(args: argparse.Namespace) -> int:
         return usage(f"{args.input}: no such file")
     if args.energy_window is not None and args.relax == "none":
         return usage("--energy-window needs --relax")
-    if args.num_conformers < 1:
-        return usage(f"-n must be >= 1, got {args.num_conformers}")
+    if args.num_conformers < 1 or args.num_workers < 1:
+        return usage(f"-n and --num-workers must be >= 1, got {args.num_conformers} and {args.num_workers}")
     try:
         shard, num_shards = _resolve_shard(args.shard)
     except ValueError as err:
@@ -287,15 +293,15 @@ def run(args: argparse.Namespace) -> int:
             out_path.unlink()
         else:
             return usage(f"{out_path} exists; use --resume to complete it or --overwrite to replace it")
-    device = args.device
-    if device is None and args.shard is None and "LOCAL_RANK" in os.environ:
-        import torch
-
-        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
+    import torch
 
     from .conformers import ConformerGenerator
 
     keep_freed_memory()
+    torch.set_num_threads(args.num_workers)
+    device = args.device
+    if device is None and args.shard is None and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
     try:
         generator = ConformerGenerator(
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,

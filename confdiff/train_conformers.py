@@ -30,8 +30,18 @@ from .diffusion import ZeroCoM
 from .nn.score_model import ScoreModel, ScoreModelConfig
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint
 
-__all__ = ["ConformerTrainingData", "collate_conformers", "draw_conformers", "training_loss", "coverage_evaluator",
-           "reference_ensemble", "export_release", "train_conformer_model", "add_arguments", "run"]
+__all__ = [
+    "ConformerTrainingData",
+    "add_arguments",
+    "collate_conformers",
+    "coverage_evaluator",
+    "draw_conformers",
+    "export_release",
+    "reference_ensemble",
+    "run",
+    "train_conformer_model",
+    "training_loss",
+]
 
 KIND = "conformer_score_model"
 EVAL_THRESHOLD = 0.75  # Angstrom, the GEOM-DRUGS COV threshold
@@ -134,8 +144,8 @@ def train_conformer_model(
     out_dir: str | os.PathLike,
     *,
     model_config: ScoreModelConfig | None = None,
-    diffusion_config: ConformerDiffusionConfig = ConformerDiffusionConfig(),
-    train_config: TrainConfig = TrainConfig(),
+    diffusion_config: ConformerDiffusionConfig | None = None,
+    train_config: TrainConfig | None = None,
     resume: bool = False,
     cache_dir: str | None = None,
     max_atoms: int | None = None,
@@ -154,6 +164,8 @@ def train_conformer_model(
         raise ValueError(f"need eval_molecules >= 0 and eval_steps >= 1, got {eval_molecules}, {eval_steps}")
     model_config = model_config or ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM,
                                                     edge_feature_dim=BOND_FEATURE_DIM)
+    diffusion_config = diffusion_config or ConformerDiffusionConfig()
+    train_config = train_config or TrainConfig()
     ckpt = Path(out_dir) / CHECKPOINT_NAME
     if resume and ckpt.exists():  # the saved configuration wins over the command line
         saved = load_checkpoint(ckpt)["model_config"]

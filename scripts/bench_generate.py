@@ -83,7 +83,7 @@ def run_confdiff(args) -> dict:
     torch.set_num_threads(1)
     keep_freed_memory()  # as `confdiff generate` does
     import confdiff.conformer_diffusion as diffusion_module
-    import confdiff.conformers as conformers
+    from confdiff import conformers
     from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
     from confdiff.conformer_diffusion import ConformerDiffusion
     from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
@@ -134,7 +134,7 @@ def run_confdiff(args) -> dict:
 def _child(method: str) -> dict:
     cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode:
         sys.exit(f"{method} child failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -20,14 +20,6 @@ from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 SMILES = ["CCCCCC", "c1ccccc1", "CCCC", "CC(C)Cc1ccc(C(C)C(=O)O)cc1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def conformer_graph(smiles: str, dtype: torch.dtype = torch.float64, seed: int = 0):
     """A ``MolGraph`` with one ETKDG conformer as ``pos``, centred."""
     mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
@@ -193,8 +185,8 @@ def test_loss_of_the_score_model_is_per_graph_finite_differentiable_and_leaves_t
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     after = {key: value for key, value in batch.to_dict().items() if torch.is_tensor(value)}
     assert after.keys() == before.keys()
-    for key in before:
-        assert torch.equal(after[key], before[key]), key
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
     # the same generator state gives the same loss
     again = ConformerDiffusion().loss(model, batch, torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, loss.detach(), atol=0, rtol=0)

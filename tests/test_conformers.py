@@ -4,6 +4,7 @@ An untrained tiny ScoreModel is enough here: torsion moves are rigid rotations a
 noise is small, so the conformers are valid geometry whatever the weights (mechanics, not quality).
 """
 
+import shutil
 import warnings
 
 import numpy as np
@@ -15,7 +16,12 @@ from rdkit.Chem import AllChem, rdMolAlign
 import confdiff
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
-from confdiff.conformers import ConformerGenerator, GenerationError, StereoCheck, load_model
+from confdiff.conformers import (
+    ConformerGenerator,
+    GenerationError,
+    StereoCheck,
+    load_model,
+)
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
 STEREO_SMILES = "C[C@H](N)C(=O)N[C@@H](Cc1ccccc1)/C=C/CC"  # two stereocentres and an E double bond
@@ -185,6 +191,7 @@ def test_mmff_relaxation_energy_window_and_pruning(model):
     assert all(rdMolAlign.GetBestRMS(heavy, heavy, i, j) >= 0.3 for k, i in enumerate(ids) for j in ids[k + 1:])
 
 
+@pytest.mark.skipif(shutil.which("xtb") is None, reason="needs the xtb executable")
 def test_gfnff_energies(model):
     gen = ConformerGenerator(model, device="cpu", steps=STEPS, relax="gfnff")
     mol = gen.generate("CCO", n=2, seed=0)

@@ -151,7 +151,8 @@ def test_variational_bound_parts_on_the_shipped_model(shipped):
     torch.testing.assert_close(vb["bpd"], vb["prior"] + vb["diffusion"] + vb["decoder"])
     assert (vb["prior"] >= 0).all() and (vb["diffusion"] >= 0).all() and (vb["decoder"] >= 0).all()
     assert (vb["prior"] < 1e-3).all()  # q(z_1 | x) is almost the prior
-    assert (vb["bpd"] < math.log2(17)).all()  # better than uniform over 17 levels
+    coarse = variational_bound_bits_per_dim(shipped, levels, steps=10)
+    assert coarse["bpd"].mean() > vb["bpd"].mean()  # more steps, tighter bound (Kingma et al. 2021, sec. 4)
 
 
 def test_clip_denoised_bounds_the_implied_x0_and_keeps_inner_ones(shipped):

@@ -25,9 +25,8 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def write_input(path, molecules: list[tuple[str, str, int]], flat_after: int | None = None) -> list[Chem.Mol]:
+def write_input(path, molecules: list[tuple[str, str, int]], flat_after: int | None = None) -> None:
     """One SDF record per conformer of each ``(name, smiles, n)``; optionally a 2D record after molecule ``flat_after``."""
-    mols = []
     with Chem.SDWriter(str(path)) as writer:
         for k, (name, smiles, n) in enumerate(molecules):
             mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
@@ -36,13 +35,11 @@ def write_input(path, molecules: list[tuple[str, str, int]], flat_after: int | N
             for conf in mol.GetConformers():
                 mol.SetIntProp("input_id", 10 * k + conf.GetId())
                 writer.write(mol, confId=conf.GetId())
-            mols.append(mol)
             if flat_after == k:
                 flat = Chem.MolFromSmiles("CCO")
                 AllChem.Compute2DCoords(flat)
                 flat.SetProp("_Name", "flat")
                 writer.write(flat)
-    return mols
 
 
 def read_output(path) -> list[Chem.Mol]:
@@ -112,7 +109,10 @@ def test_the_written_values_are_those_of_likelihood(tmp_path):
     checkpoint = {"kind": "conformer_score_model", "ema": model.state_dict(),
                   "model_config": {"model": config.to_dict(), "diffusion": ConformerDiffusionConfig().to_dict()}}
     torch.save(checkpoint, tmp_path / "model.pt")
-    (mol,) = write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 3)])
+    write_input(tmp_path / "in.sdf", [("glycol", "OCCO", 3)])
+    mol = Chem.Mol(read_output(tmp_path / "in.sdf")[0])  # the coordinates as written (4 decimals)
+    for record in read_output(tmp_path / "in.sdf")[1:]:
+        mol.AddConformer(Chem.Conformer(record.GetConformer()), assignId=True)
 
     args = parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.sdf"), "--model", str(tmp_path / "model.pt"),
                  "--divergence", "hutchinson", "--atol", "1e-2", "--seed", "4", "--device", "cpu")

@@ -49,7 +49,8 @@ def _params(
     params = rdDistGeom.ETKDGv3()
     if timeout is not None:
         params.timeout = timeout
-    params.randomSeed = seed
+    # RDKit seeds conformer i from a multiple of randomSeed, so 0 would give n identical conformers
+    params.randomSeed = seed % (2**31 - 1) + 1
     params.numThreads = threads
     params.useRandomCoords = random_coords
     params.pruneRmsThresh = -1.0 if prune_rms is None else prune_rms

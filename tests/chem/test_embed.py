@@ -105,3 +105,11 @@ def test_rejects_bad_arguments():
         embed_etkdg(Chem.MolFromSmiles("C"), 1, timeout=0)
     with pytest.raises(EmbeddingError, match="no atoms"):
         embed_etkdg(Chem.Mol(), 1)
+
+
+def test_seed_zero_gives_distinct_conformers():
+    """RDKit derives conformer i's seed from a multiple of randomSeed: seed 0 must not collapse them."""
+    result = embed_etkdg(Chem.MolFromSmiles("CCCCOc1ccccc1CCN"), 4, seed=0)
+    heavy = Chem.RemoveHs(result.mol)
+    ids = list(result.conf_ids)
+    assert max(rdMolAlign.GetBestRMS(heavy, heavy, ids[0], i) for i in ids[1:]) > 0.1
