@@ -203,12 +203,20 @@ def _run_job(job: _Job) -> _Outcome:
     return _Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None)
 
 
+def _one_thread() -> None:
+    """Every method runs on one thread (ETKDG, MMFF and torch alike), so CPU times compare."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _run_jobs(jobs: list[_Job], num_workers: int) -> list[_Outcome]:
     jobs = sorted(jobs, key=lambda j: -j.cost)  # largest first, for load balance
     if num_workers <= 1:
+        _one_thread()
         outcomes = [_run_job(job) for job in jobs]
     else:
-        with multiprocessing.get_context().Pool(num_workers) as pool:
+        with multiprocessing.get_context().Pool(num_workers, initializer=_one_thread) as pool:
             outcomes = list(pool.imap_unordered(_run_job, jobs, chunksize=1))
     failed: dict[tuple[str, str], list[str]] = {}
     for o in outcomes:

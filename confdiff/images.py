@@ -37,10 +37,10 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -50,8 +50,8 @@ from torch.utils.data import Dataset
 from .diffusion.guidance import classifier_free_guidance
 from .diffusion.likelihood import bits_per_dim, log_likelihood
 from .diffusion.losses import (
-    X0Prediction,
     ScorePrediction,
+    X0Prediction,
     denoising_score_matching_loss,
     score_fn_from_model,
     sde_coefficients,
@@ -70,24 +70,24 @@ __all__ = [
     "ImageDataset",
     "ImageDiffusionConfig",
     "ImageModel",
-    "load_dataset",
-    "read_idx",
-    "dequantize",
+    "add_arguments",
     "bin_centres",
-    "to_levels",
-    "to_unit",
-    "image_loss",
-    "sample_images",
     "clip_denoised",
-    "pf_ode_bits_per_dim",
-    "variational_bound_bits_per_dim",
-    "save_grid",
     "default_model_path",
     "default_unet_config",
-    "train_image_model",
+    "dequantize",
     "export_model",
-    "add_arguments",
+    "image_loss",
+    "load_dataset",
+    "pf_ode_bits_per_dim",
+    "read_idx",
     "run",
+    "sample_images",
+    "save_grid",
+    "to_levels",
+    "to_unit",
+    "train_image_model",
+    "variational_bound_bits_per_dim",
 ]
 
 DIGITS_LEVELS = 17  # sklearn digits: integers 0..16
@@ -124,7 +124,7 @@ class ImageDataset(Dataset):
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.levels.shape[1:])
 
-    def subset(self, n: int) -> "ImageDataset":
+    def subset(self, n: int) -> ImageDataset:
         """The first ``n`` images."""
         return ImageDataset(self.levels[:n], self.labels[:n], self.num_levels, self.num_classes, self.name)
 
@@ -263,7 +263,7 @@ class ImageModel:
         }
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, map_location="cpu") -> "ImageModel":
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, map_location="cpu") -> ImageModel:
         """Load a trainer checkpoint or an exported model (EMA weights); ``None`` = the shipped digits model."""
         if path is None:
             with importlib.resources.as_file(default_model_path()) as p:
@@ -279,11 +279,9 @@ class ImageModel:
         return cls(unet.eval(), ImageDiffusionConfig(**cfg["diffusion"]), data["num_levels"],
                    tuple(data["shape"]), data["dataset"])
 
-    def model_fn(self, labels: Tensor | None, unet: Callable | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-        """``(x, t) -> eps_hat``: the U-Net fed with ``log_snr(t)`` and ``labels`` (None = null label)."""
-        net = self.unet if unet is None else unet
-        schedule = self.sde.schedule
-        return lambda x, t: net(x, schedule.log_snr(t).to(x.dtype), labels)
+    def model_fn(self, labels: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(x, t) -> eps_hat`` (see :func:`_eps_model`)."""
+        return _eps_model(self.unet, self.sde.schedule, labels)
 
     def score_fn(self, labels: Tensor | None = None, guidance: float = 0.0,
                  clip: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
@@ -318,6 +316,11 @@ def clip_denoised(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, lo: fl
     return clipped
 
 
+def _eps_model(net: Callable, schedule, labels: Tensor | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """``(x, t) -> eps_hat``: the U-Net fed with ``log_snr(t)`` and ``labels`` (None = null label)."""
+    return lambda x, t: net(x, schedule.log_snr(t).to(x.dtype), labels)
+
+
 def default_unet_config(shape: tuple[int, int, int], num_classes: int) -> UNetConfig:
     """The U-Net used for a dataset of images of ``shape`` (C, H, W)."""
     c, h, _ = shape
@@ -345,14 +348,9 @@ def image_loss(unet, batch, generator: torch.Generator, *, diffusion: ImageDiffu
         drop = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device)
         labels = torch.where(drop < diffusion.label_dropout, torch.full_like(labels, null_label), labels)
     sde = diffusion.sde()
-    schedule = sde.schedule
-
-    def model_fn(x, t):
-        return unet(x, schedule.log_snr(t).to(x.dtype), labels)
-
-    return denoising_score_matching_loss(model_fn, x0, sde, parameterization="epsilon",
-                                         weighting=diffusion.weighting, generator=generator,
-                                         t_min=diffusion.t_min)
+    return denoising_score_matching_loss(_eps_model(unet, sde.schedule, labels), x0, sde,
+                                         parameterization="epsilon", weighting=diffusion.weighting,
+                                         generator=generator, t_min=diffusion.t_min)
 
 
 # ============================================================================ sampling
@@ -591,6 +589,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--num-images", type=int, default=None)
     p.add_argument("--method", default="both", choices=["both", "pf-ode", "elbo"])
+    p.add_argument("--ode-tol", type=float, default=1e-5, help="rtol = atol of the PF-ODE solver")
     p.add_argument("--elbo-steps", type=int, default=1000)
     p.add_argument("--elbo-t-min", type=float, default=None, help="decoder time t_0 (default: sigma(t_0) = 1/L)")
     p.add_argument("--seed", type=int, default=0)
@@ -620,6 +619,8 @@ def _run_train(args) -> int:
 def _run_sample(args) -> int:
     model = ImageModel.from_checkpoint(args.model)
     labels = None
+    if args.label is not None and model.num_classes == 0:
+        raise ValueError("--label given but the model is unconditional")
     if args.label == "cycle":
         labels = torch.arange(args.num) % max(model.num_classes, 1)
     elif args.label is not None:
@@ -644,7 +645,7 @@ def _run_nll(args) -> int:
     levels = data.levels[: args.num_images]
     result: dict = {"dataset": data.name, "split": args.split, "num_images": len(levels), "levels": model.num_levels}
     if args.method in ("both", "pf-ode"):
-        bpd = pf_ode_bits_per_dim(model, levels, seed=args.seed)
+        bpd = pf_ode_bits_per_dim(model, levels, seed=args.seed, rtol=args.ode_tol, atol=args.ode_tol)
         result["pf_ode_bpd"] = float(bpd.mean())
         result["pf_ode_bpd_stderr"] = float(bpd.std() / math.sqrt(len(bpd)))
     if args.method in ("both", "elbo"):

@@ -21,7 +21,7 @@ from rdkit import Chem
 
 from .chem.io import MoleculeInputError, MolRecord, SDFWriter, read_molecules
 
-__all__ = ["add_arguments", "run", "molecules"]
+__all__ = ["add_arguments", "molecules", "run"]
 
 PROPERTY = "log_likelihood"
 

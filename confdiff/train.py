@@ -24,23 +24,24 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 __all__ = [
-    "TrainConfig",
-    "Trainer",
     "CHECKPOINT_NAME",
     "LOG_NAME",
+    "TrainConfig",
+    "Trainer",
+    "ema_decay_at",
+    "ema_update",
     "load_checkpoint",
     "load_ema_weights",
-    "ema_update",
-    "ema_decay_at",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -406,7 +407,8 @@ class Trainer:
                     end_of_epoch = self.batch_in_epoch >= per_epoch
                     done = self.step >= total_steps
                     if self.step % cfg.log_every == 0 or done:
-                        record = {"step": self.step, "epoch": self.epoch, "loss": self._mean_across_ranks(run_total, run_count),
+                        record = {"step": self.step, "epoch": self.epoch,
+                                  "loss": self._mean_across_ranks(run_total, run_count),
                                   "lr": self._lr_at(self.step - 1), "seconds": round(time.time() - t0, 3)}
                         self._log(record)
                         if bar is not None:

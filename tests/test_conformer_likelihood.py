@@ -19,8 +19,17 @@ from torch_geometric.data import Batch
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
 from confdiff.conformer_diffusion import ConformerDiffusion
-from confdiff.conformer_likelihood import KCAL_PER_MOL_K, boltzmann_importance_weights, likelihood
-from confdiff.diffusion import SAMPLERS, time_grid, wrapped_normal_log_prob, wrapped_normal_score
+from confdiff.conformer_likelihood import (
+    KCAL_PER_MOL_K,
+    boltzmann_importance_weights,
+    likelihood,
+)
+from confdiff.diffusion import (
+    SAMPLERS,
+    time_grid,
+    wrapped_normal_log_prob,
+    wrapped_normal_score,
+)
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
 # the invariance tests only need the same computation on moved inputs, not a tight ODE solve
@@ -143,7 +152,6 @@ def test_prior_is_se3_invariant():
                                                                             dtype=torch.float64)[batch.batch]
     y_moved = sde.space.join([d, sde.space.spaces[1].project(moved)])
     torch.testing.assert_close(sde.prior_log_prob(y_moved), sde.prior_log_prob(y), rtol=1e-12, atol=1e-9)
-    m = batch.num_torsions[0].item()
     m = int(batch.num_torsions[0])
     uniform = torch.full((batch.num_graphs,), -m * math.log(2 * math.pi), dtype=torch.float64)
     torch.testing.assert_close(sde.sdes[0].prior_log_prob(d), uniform)

@@ -16,6 +16,7 @@ from confdiff.images import (
     DIGITS_SPLIT,
     ImageDiffusionConfig,
     ImageModel,
+    _log_prob_gaussian_bin,
     bin_centres,
     clip_denoised,
     dequantize,
@@ -29,7 +30,6 @@ from confdiff.images import (
     train_image_model,
     variational_bound_bits_per_dim,
 )
-from confdiff.images import _log_prob_gaussian_bin
 from confdiff.nn.unet import UNetConfig
 from confdiff.train import TrainConfig
 
@@ -98,7 +98,7 @@ def test_seconds_of_training_on_a_tiny_subset_lower_the_loss(tmp_path):
     diffusion = ImageDiffusionConfig()
     data = load_dataset("digits", "train").subset(64)
     batch = (data.levels, data.labels)
-    kw = dict(diffusion=diffusion, num_levels=17, null_label=10)
+    kw = {"diffusion": diffusion, "num_levels": 17, "null_label": 10}
 
     def fixed_loss(net):
         with torch.no_grad():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
+from train_toy import loss_fn, make_problem
 
 from confdiff.train import (
     CHECKPOINT_NAME,
@@ -24,33 +25,14 @@ from confdiff.train import (
     load_ema_weights,
 )
 
-# A tiny regression problem shared by the in-process tests and the subprocess scripts.
-PROBLEM = textwrap.dedent(
-    """
-    import torch
-    from torch.utils.data import TensorDataset
-
-    def make_problem():
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(40, 4, generator=g)
-        y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
-        torch.manual_seed(1)
-        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
-        return model, TensorDataset(x, y)
-
-    def loss_fn(model, batch, generator):
-        x, y = batch
-        x = x + 0.01 * torch.randn(x.shape, generator=generator, device=x.device)  # uses the step's generator
-        return (model(x).squeeze(-1) - y) ** 2
-    """
-)
-namespace: dict = {}
-exec(PROBLEM, namespace)
-make_problem, loss_fn = namespace["make_problem"], namespace["loss_fn"]
+TESTS_DIR = Path(__file__).resolve().parent
+# the subprocess scripts import the same toy problem
+PROBLEM = f"import sys, torch\nsys.path.insert(0, {str(TESTS_DIR)!r})\nfrom train_toy import make_problem, loss_fn\n"
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(lr=1e-2, batch_size=8, max_steps=30, ema_decay=0.9, log_every=1, checkpoint_every=10, seed=3)
+    base = {"lr": 1e-2, "batch_size": 8, "max_steps": 30, "ema_decay": 0.9, "log_every": 1,
+            "checkpoint_every": 10, "seed": 3}
     return TrainConfig(**{**base, **kw})
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["UNetConfig", "UNet", "sinusoidal_embedding"]
+__all__ = ["UNet", "UNetConfig", "sinusoidal_embedding"]
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "UNet":
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:
         """Rebuild from a checkpoint holding ``model_config["unet"]`` (or the config itself) and
         ``ema`` / ``model`` weights (EMA preferred)."""
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
