@@ -19,9 +19,12 @@ _EXPORTS = {
     "ConformerGenerator": "confdiff.conformers",
     "GenerationError": "confdiff.conformers",
     "load_model": "confdiff.conformers",
+    "likelihood": "confdiff.conformer_likelihood",
+    "boltzmann_importance_weights": "confdiff.conformer_likelihood",
 }
 
-__all__ = ["ConformerGenerator", "GenerationError", "__version__", "generate", "load_model"]
+__all__ = ["ConformerGenerator", "GenerationError", "__version__", "boltzmann_importance_weights", "generate",
+           "likelihood", "load_model"]
 
 
 def __getattr__(name: str):

@@ -35,8 +35,9 @@ __all__ = [
     "likelihood",
 ]
 
-#: exact divergence while ``m + 3N`` (the elements of one conformer's state) is at most this
-EXACT_DIVERGENCE_MAX_SIZE = 64
+#: exact divergence while ``m + 3N`` (the elements of one conformer's state) is at most this: at
+#: 103 it cost 4x Hutchinson's, whose 8 probes erred by 1-10 nats (docs/likelihood.md)
+EXACT_DIVERGENCE_MAX_SIZE = 300
 #: Rademacher probes of the Hutchinson estimator, shared by all conformers of a molecule
 HUTCHINSON_PROBES = 8
 #: the gas constant in kcal / (mol K)
@@ -97,8 +98,8 @@ def likelihood(
     model : ``(ScoreModel, ConformerDiffusion)``, a checkpoint path, or None for the shipped model.
         The ODE runs in the model's dtype and on its device.
     divergence : ``"exact"``, ``"hutchinson"`` (``HUTCHINSON_PROBES`` Rademacher probes, the same
-        for every conformer, so differences between conformers carry little probe noise), or None:
-        exact when ``m + 3N <= EXACT_DIVERGENCE_MAX_SIZE``.
+        for every conformer, so the error from the isotropic part of the Jacobian cancels between
+        conformers; the rest does not), or None: exact when ``m + 3N <= EXACT_DIVERGENCE_MAX_SIZE``.
     conf_ids : conformers to score (all when None), batched in one graph batch.
     generator : draws the Hutchinson probes (seed 0 when None).
     rtol, atol : tolerances of the adaptive Dormand-Prince solver. With ``rtol = 0`` its error norm

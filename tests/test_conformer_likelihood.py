@@ -100,7 +100,7 @@ def one_thread():
 
 
 # ---------------------------------------------------------------------------------------- invariance
-RIGID = pytest.param("OC1CC1", marks=pytest.mark.xfail(strict=True, reason="Space.sum fails on an empty torsion part"))
+RIGID = "OC1CC1"
 
 
 @pytest.mark.parametrize("smiles", ["OCCO", pytest.param("CC(=O)NC", marks=pytest.mark.slow),

@@ -93,8 +93,8 @@ class Space:
     def sum(self, x: Tensor) -> Tensor:
         """Per-sample sum of all elements, shape ``(B,)``."""
         if self.batch is None:
-            return x.reshape(x.shape[0], -1).sum(1)
-        rows = x.reshape(x.shape[0], -1).sum(1)
+            return x.reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)
+        rows = x.reshape(x.shape[0], math.prod(x.shape[1:])).sum(1)
         out = torch.zeros(self._num_samples, dtype=x.dtype, device=x.device)
         return out.index_add_(0, self._batch(x), rows)
 
