@@ -250,13 +250,9 @@ def ddim_step(x: Tensor, eps: Tensor, alpha_t, sigma_t, alpha_s, sigma_s, noise:
     return out
 
 
-def sample_ddpm(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator=None, callback=None) -> Tensor:
-    """DDPM ancestral sampling on the grid ``ts`` (Ho et al. 2020, Alg. 2 / eq. 11), via :func:`ddpm_step`.
-
-    The score is turned into ``eps = -sigma_t s``.  Meant for Euclidean-like marginals
-    ``x_t = alpha_t x_0 + sigma_t eps`` (VP, sub-VP, VE); on the torus it is only the wrapped
-    version of the Euclidean update.
-    """
+def _discrete_steps(score_fn: ScoreFn, x: Tensor, sde, ts, step, callback) -> Tensor:
+    """The loop shared by DDPM and DDIM: ``eps = -sigma_t s`` at each grid time, then
+    ``x <- project(step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s))`` for ``t -> s``."""
     ts = _check_grid(ts, x)
     space = sde.space
     num = space.num_samples(x)
@@ -264,11 +260,24 @@ def sample_ddpm(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator=None, callba
         t, s = _per_sample(ts[i], num), _per_sample(ts[i + 1], num)
         alpha_t, sigma_t, _ = sde_coefficients(sde, x, t)
         alpha_s, sigma_s, _ = sde_coefficients(sde, x, s)
-        score = score_fn(x, t)
-        eps = -sigma_t * score
+        eps = -sigma_t * score_fn(x, t)
         _notify(callback, i, t, x, space.project((x - sigma_t * eps) / alpha_t) if callback else None)
-        x = space.project(ddpm_step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s, space.noise(x, generator)))
+        x = space.project(step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s))
     return x
+
+
+def sample_ddpm(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator=None, callback=None) -> Tensor:
+    """DDPM ancestral sampling on the grid ``ts`` (Ho et al. 2020, Alg. 2 / eq. 11), via :func:`ddpm_step`.
+
+    The score is turned into ``eps = -sigma_t s``.  Meant for Euclidean-like marginals
+    ``x_t = alpha_t x_0 + sigma_t eps`` (VP, sub-VP, VE); on the torus it is only the wrapped
+    version of the Euclidean update.
+    """
+
+    def step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s):
+        return ddpm_step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s, sde.space.noise(x, generator))
+
+    return _discrete_steps(score_fn, x, sde, ts, step, callback)
 
 
 def sample_ddim(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator=None, callback=None,
@@ -280,18 +289,12 @@ def sample_ddim(score_fn: ScoreFn, x: Tensor, sde, ts, *, generator=None, callba
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    ts = _check_grid(ts, x)
-    space = sde.space
-    num = space.num_samples(x)
-    for i in range(len(ts) - 1):
-        t, s = _per_sample(ts[i], num), _per_sample(ts[i + 1], num)
-        alpha_t, sigma_t, _ = sde_coefficients(sde, x, t)
-        alpha_s, sigma_s, _ = sde_coefficients(sde, x, s)
-        eps = -sigma_t * score_fn(x, t)
-        _notify(callback, i, t, x, space.project((x - sigma_t * eps) / alpha_t) if callback else None)
-        noise = space.noise(x, generator) if eta > 0 else None
-        x = space.project(ddim_step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s, noise, eta))
-    return x
+
+    def step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s):
+        noise = sde.space.noise(x, generator) if eta > 0 else None
+        return ddim_step(x, eps, alpha_t, sigma_t, alpha_s, sigma_s, noise, eta)
+
+    return _discrete_steps(score_fn, x, sde, ts, step, callback)
 
 
 # ----------------------------------------------------------------------------- ODE samplers
