@@ -35,11 +35,13 @@ from .chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
 __all__ = [
     "DEFAULT_SEED",
     "FILE_PREFIX",
+    "CONFDIFF_METHODS",
     "METHODS",
     "MethodUnavailable",
     "add_arguments",
     "generate_confdiff",
     "generate_etkdg",
+    "generate_etkdg_gfn2",
     "generate_etkdg_mmff",
     "run",
 ]
@@ -71,6 +73,25 @@ def generate_etkdg(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
     return mol
 
 
+def _relax_gfn2(mol: Chem.Mol) -> Chem.Mol:
+    """GFN2-xTB optimisation of every conformer (one thread); conformers xtb cannot optimise are dropped."""
+    from .chem.relax import RelaxationError, XtbNotFoundError, relax_xtb
+
+    for cid in [c.GetId() for c in mol.GetConformers()]:
+        try:
+            relax_xtb(mol, cid, method="gfn2", threads=1)
+        except XtbNotFoundError as exc:
+            raise MethodUnavailable(str(exc)) from exc
+        except RelaxationError:
+            mol.RemoveConformer(cid)
+    return mol
+
+
+def generate_etkdg_gfn2(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
+    """ETKDGv3, then GFN2-xTB optimisation of every conformer (``xtb --opt``, default convergence)."""
+    return _relax_gfn2(generate_etkdg(mol, num_confs, seed))
+
+
 def generate_etkdg_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
     """ETKDGv3, then MMFF94 minimisation of every conformer (RDKit defaults, 200 iterations, the
     setting of the reference table in shared/data/README.md)."""
@@ -83,30 +104,40 @@ def generate_etkdg_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 
 @functools.cache
-def _confdiff_generator(relax: str | None = None):
+def _confdiff_generator(model: str | None, mode: str, relax: str | None):
     try:
         from .conformers import ConformerGenerator
     except ImportError as exc:
         raise MethodUnavailable(f"confdiff.conformers.ConformerGenerator is not importable: {exc}") from exc
-    return ConformerGenerator(relax=relax)
+    try:
+        return ConformerGenerator(model, mode=mode, relax=relax)
+    except (FileNotFoundError, ValueError) as exc:
+        raise MethodUnavailable(str(exc)) from exc
 
 
-def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
-    """The package's diffusion model with its default checkpoint (loaded once per process)."""
-    return _confdiff_generator().generate(mol, num_confs, seed=seed)
-
-
-def generate_confdiff_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
-    """The default model, then MMFF94 minimisation of every conformer (as torsional diffusion's
-    "+ relaxation" rows)."""
-    return _confdiff_generator("mmff").generate(mol, num_confs, seed=seed)
+def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None,
+                      mode: str = "refine", relax: str | None = None) -> Chem.Mol:
+    """The package's diffusion model (the shipped checkpoint when ``model`` is None, loaded once per
+    process) in ``mode``; ``relax="mmff"`` / ``"gfn2"`` minimises every conformer afterwards (as
+    torsional diffusion's "+ relaxation" rows)."""
+    if relax == "gfn2":
+        return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode))
+    return _confdiff_generator(model, mode, relax).generate(mol, num_confs, seed=seed)
 
 
 METHODS: dict[str, Generator] = {
     "etkdg": generate_etkdg,
     "etkdg-mmff": generate_etkdg_mmff,
-    "confdiff": generate_confdiff,
-    "confdiff-mmff": generate_confdiff_mmff,
+    "etkdg-gfn2": generate_etkdg_gfn2,
+}
+#: the diffusion model's methods: name -> (mode, relaxation); they take ``--model``
+CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {
+    "confdiff": ("refine", None),
+    "confdiff-mmff": ("refine", "mmff"),
+    "confdiff-gfn2": ("refine", "gfn2"),
+    "confdiff-torsions": ("torsions", None),
+    "confdiff-full": ("full", None),
+    "confdiff-full-mmff": ("full", "mmff"),
 }
 
 
@@ -167,6 +198,7 @@ class _Job:
     num_confs: int
     seed: int
     generated: tuple[Chem.Mol, ...] | None  # a file: method's conformers; None = generate
+    model: str | None = None  # checkpoint of the confdiff methods (None: the shipped one)
 
     @property
     def cost(self) -> int:
@@ -187,8 +219,13 @@ def _run_job(job: _Job) -> _Outcome:
     start = time.process_time()
     cpu_s, num_generated = None, 0
     try:
-        if job.generated is None:
+        if job.method in CONFDIFF_METHODS:
+            mode, relax = CONFDIFF_METHODS[job.method]
+            generated = generate_confdiff(Chem.Mol(job.template), job.num_confs, job.seed,
+                                          model=job.model, mode=mode, relax=relax)
+        elif job.generated is None:
             generated = METHODS[job.method](Chem.Mol(job.template), job.num_confs, job.seed)
+        if job.generated is None:
             cpu_s = time.process_time() - start
             num_generated = generated.GetNumConformers()
         else:
@@ -237,21 +274,22 @@ def _file_conformers(spec: str) -> dict[str, list[Chem.Mol]]:
 
 def _check_methods(methods: Sequence[str]) -> None:
     for name in methods:
-        if not name.startswith(FILE_PREFIX) and name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)} or {FILE_PREFIX}PATH")
+        if not name.startswith(FILE_PREFIX) and name not in METHODS and name not in CONFDIFF_METHODS:
+            raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS) + sorted(CONFDIFF_METHODS)} "
+                             f"or {FILE_PREFIX}PATH")
     duplicates = [name for name, count in Counter(methods).items() if count > 1]
     if duplicates:
         raise ValueError(f"method given more than once: {duplicates}")
 
 
 def _make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
-               num_confs: Callable[[int], int], seed: int) -> list[_Job]:
+               num_confs: Callable[[int], int], seed: int, model: str | None = None) -> list[_Job]:
     jobs = []
     for key, records in molecules.items():
         template = _template(records)
         for method in methods:
             generated = tuple(files[method][key]) if method in files else None
-            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated))
+            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model))
     return jobs
 
 
@@ -355,7 +393,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("reference", nargs="?", help="reference conformers, .sdf or .sdf.gz (ensemble mode)")
     parser.add_argument("--bioactive", metavar="LIGANDS", help="crystal ligand poses, .sdf or .sdf.gz (bioactive mode)")
     parser.add_argument("--method", action="append", required=True, metavar="NAME",
-                        help=f"one of {', '.join(METHODS)}, or {FILE_PREFIX}GENERATED.sdf[.gz]; repeat for several")
+                        help=f"one of {', '.join([*METHODS, *CONFDIFF_METHODS])}, or {FILE_PREFIX}GENERATED.sdf[.gz]; "
+                             "repeat for several")
     parser.add_argument("-n", "--num-confs", type=int, default=50, help="conformers per ligand in bioactive mode (50)")
     parser.add_argument("--threshold", type=float, default=0.75, help="COV threshold in A (0.75)")
     parser.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
@@ -363,6 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=1, help="worker processes (1)")
     parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed ({DEFAULT_SEED:#x})")
+    parser.add_argument("--model", default=None, help="checkpoint for the confdiff methods (default: the shipped model)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -411,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     files = {m: {k: f[lookup[k]] for k in molecules} for m, f in files.items()}
     num_confs = (lambda k: args.num_confs) if bioactive else (lambda k: 2 * k)
-    outcomes = _run_jobs(_make_jobs(molecules, args.method, files, num_confs, args.seed), args.num_workers)
+    outcomes = _run_jobs(_make_jobs(molecules, args.method, files, num_confs, args.seed, args.model), args.num_workers)
 
     thresholds = np.linspace(0.0, _CURVE_MAX, _CURVE_POINTS)
     order = {k: i for i, k in enumerate(molecules)}

@@ -14,6 +14,16 @@ moving sides. Both parts share one time ``t``, so the state lives in the product
 the core run on it unchanged. The prior is uniform on the torus times an isotropic Gaussian on the
 zero-CoM subspace; the score network is SE(3)-equivariant (torsion scores invariant, coordinate
 scores rotating with the input), so the density of every step is SE(3)-invariant.
+
+Three processes (``MODES``) share the model:
+
+* ``"refine"`` (the default): ``y = (d, e)`` as above, ``x_ref`` an ETKDG seed;
+* ``"torsions"``: ``y = d`` only, the seed's bond lengths, angles and puckers kept exactly;
+* ``"full"``: ``y = e`` only with ``x = x_ref + e``, ``x_ref = 0`` when sampling, and a coordinate
+  noise scale ``sigma_full`` geometric up to ``sigma_full_max`` (several Angstrom, the size of a
+  molecule): every coordinate starts from the isotropic prior, so rings, puckers and macrocycles
+  are generated rather than inherited from a seed. The model sees ``sigma_tor = sigma_tor_min``.
+  A model learns it when ``full_fraction`` of its training graphs are noised this way.
 """
 
 from __future__ import annotations
@@ -29,24 +39,33 @@ from .chem.torsions import apply_torsion_changes
 from .diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
 from .diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
 
-__all__ = ["ConformerDiffusionConfig", "ConformerDiffusion"]
+__all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion"]
+
+MODES = ("refine", "torsions", "full")
 
 
 @dataclass(frozen=True)
 class ConformerDiffusionConfig:
-    """Noise ranges of the two parts (radians and Angstrom) and the loss balance."""
+    """Noise ranges (radians and Angstrom), the loss balance, and the share of full-coordinate
+    training graphs (``full_fraction``; 0 gives a model that cannot run the ``"full"`` mode)."""
 
     sigma_tor_min: float = 0.01 * math.pi
     sigma_tor_max: float = math.pi
     sigma_pos_min: float = 0.005
     sigma_pos_max: float = 0.2
     pos_loss_weight: float = 1.0
+    sigma_full_max: float = 10.0
+    full_fraction: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.sigma_tor_min < self.sigma_tor_max:
             raise ValueError(f"need 0 < sigma_tor_min < sigma_tor_max, got {self.sigma_tor_min}, {self.sigma_tor_max}")
         if not 0 < self.sigma_pos_min < self.sigma_pos_max:
             raise ValueError(f"need 0 < sigma_pos_min < sigma_pos_max, got {self.sigma_pos_min}, {self.sigma_pos_max}")
+        if not self.sigma_full_max > self.sigma_pos_min:
+            raise ValueError(f"need sigma_full_max > sigma_pos_min, got {self.sigma_full_max}")
+        if not 0 <= self.full_fraction <= 1:
+            raise ValueError(f"full_fraction must be in [0, 1], got {self.full_fraction}")
         if self.pos_loss_weight < 0:
             raise ValueError(f"pos_loss_weight must be >= 0, got {self.pos_loss_weight}")
 
@@ -61,47 +80,68 @@ class ConformerDiffusion:
         self.config = config
         self.tor_schedule = VEGeometric(config.sigma_tor_min, config.sigma_tor_max)
         self.pos_schedule = VEGeometric(config.sigma_pos_min, config.sigma_pos_max)
+        self.full_schedule = VEGeometric(config.sigma_pos_min, config.sigma_full_max)
+
+    def check_mode(self, mode: str) -> None:
+        """Raise ``ValueError`` for an unknown mode, or ``"full"`` with a model not trained for it."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        if mode == "full" and self.config.full_fraction == 0:
+            raise ValueError("this model was not trained for the full-coordinate mode (full_fraction = 0); "
+                             "train one with `confdiff train --full-fraction F` or use mode 'refine'")
 
     # --- the state space of a batch ---------------------------------------------------------
-    def sde(self, batch, *, coordinates: bool = True) -> ProductSDE:
-        """The product SDE for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``.
-
-        ``coordinates=False`` gives the torsion-only process (state ``d``; the local structure of
-        ``pos_ref`` is kept exactly, as in torsional diffusion).
-        """
+    def sde(self, batch, mode: str = "refine") -> ProductSDE:
+        """The SDE of ``mode`` for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``
+        (``"refine"``), ``d`` (``"torsions"``) or ``e.flatten()`` (``"full"``)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
         num_graphs = batch.num_graphs
-        tor_batch = batch.batch[batch.torsion_index[0]]  # graph of each torsion
-        spaces, shapes = [Torus(tor_batch, num_graphs)], [(tor_batch.shape[0],)]
-        sdes = [SDE(self.tor_schedule, spaces[0])]
-        if coordinates:
+        spaces, shapes, sdes = [], [], []
+        if mode != "full":
+            tor_batch = batch.batch[batch.torsion_index[0]]  # graph of each torsion
+            spaces.append(Torus(tor_batch, num_graphs))
+            shapes.append((tor_batch.shape[0],))
+            sdes.append(SDE(self.tor_schedule, spaces[-1]))
+        if mode != "torsions":
             spaces.append(ZeroCoM(batch.batch, num_graphs))
             shapes.append((batch.num_nodes, 3))
-            sdes.append(SDE(self.pos_schedule, spaces[1]))
+            sdes.append(SDE(self.full_schedule if mode == "full" else self.pos_schedule, spaces[-1]))
         return ProductSDE(sdes, Product(spaces, shapes))
 
-    def positions(self, sde: ProductSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
-        """Conformer ``x(y) = T(pos_ref, d) + e`` (``e = 0`` for the torsion-only process), shape (N, 3)."""
-        d, *e = sde.space.split(y)
-        pos = apply_torsion_changes(pos_ref, batch, d)
-        return pos + e[0] if e else pos
+    @staticmethod
+    def _parts(sde: ProductSDE) -> tuple[bool, bool]:
+        """Whether the state of ``sde`` holds torsion changes ``d`` and coordinate displacements ``e``."""
+        kinds = [type(space) for space in sde.space.spaces]
+        return Torus in kinds, ZeroCoM in kinds
 
-    def noisy_batch(self, batch, pos: Tensor, t: Tensor, *, coordinates: bool = True):
-        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)``
-        (the smallest coordinate noise level when the coordinates do not diffuse)."""
+    def positions(self, sde: ProductSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
+        """Conformer ``x(y) = T(pos_ref, d) + e`` (without the parts ``sde`` lacks), shape (N, 3)."""
+        has_tor, has_pos = self._parts(sde)
+        parts = sde.space.split(y)
+        pos = apply_torsion_changes(pos_ref, batch, parts[0]) if has_tor else pos_ref
+        return pos + parts[-1] if has_pos else pos
+
+    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: str = "refine"):
+        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in
+        ``mode`` (the smallest level for a part that does not diffuse)."""
+        zero = torch.zeros_like(t)
         noisy = copy.copy(batch)
         noisy.pos = pos
-        noisy.sigma_tor = self.tor_schedule.sigma(t)
-        noisy.sigma_pos = self.pos_schedule.sigma(t if coordinates else torch.zeros_like(t))
+        noisy.sigma_tor = self.tor_schedule.sigma(zero if mode == "full" else t)
+        schedule = self.full_schedule if mode == "full" else self.pos_schedule
+        noisy.sigma_pos = schedule.sigma(zero if mode == "torsions" else t)
         return noisy
 
     def score_fn(self, model, batch, pos_ref: Tensor, sde: ProductSDE):
-        """``score_fn(y, t)`` of the state of ``sde`` for the core's samplers and likelihood."""
-        coordinates = len(sde.space.spaces) == 2
+        """``score_fn(y, t)`` of the state of ``sde`` (from :meth:`sde`) for the core's samplers and likelihood."""
+        has_tor, has_pos = self._parts(sde)
+        mode = "refine" if has_tor and has_pos else "torsions" if has_tor else "full"
 
         def score(y: Tensor, t: Tensor) -> Tensor:
             pos = self.positions(sde, batch, pos_ref, y)
-            tor_score, pos_score = model(self.noisy_batch(batch, pos, t, coordinates=coordinates))
-            parts = [tor_score, pos_score] if coordinates else [tor_score]
+            tor_score, pos_score = model(self.noisy_batch(batch, pos, t, mode))
+            parts = [tor_score] * has_tor + [pos_score] * has_pos
             return sde.space.join([p.to(y.dtype) for p in parts])
 
         return score
@@ -110,22 +150,31 @@ class ConformerDiffusion:
     def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
         """Per-graph denoising score matching loss, shape (G,).
 
-        ``batch.pos`` holds data conformers. Draw ``t ~ U(0, 1)`` per graph, ``d ~ WN(0, sigma_tor)``,
-        ``e ~ N(0, sigma_pos^2)`` (zero CoM); the targets are the exact conditional scores
-        ``grad log WN(d; sigma_tor)`` and ``-e / sigma_pos^2``. Each part's error is measured in
-        units of its expected score norm (torsional diffusion's normalisation; ``1 / sigma^2`` for
-        a Gaussian) and averaged over the graph's torsions and coordinate degrees of freedom.
+        ``batch.pos`` holds data conformers. Draw ``t ~ U(0, 1)`` per graph; a share
+        ``full_fraction`` of the graphs take the ``"full"`` noise levels (``sigma_tor_min`` and
+        ``sigma_full(t)``), the others ``sigma_tor(t)`` and ``sigma_pos(t)``; then
+        ``d ~ WN(0, sigma_tor)``, ``e ~ N(0, sigma_pos^2)`` (zero CoM). The targets are the exact
+        conditional scores ``grad log WN(d; sigma_tor)`` and ``-e / sigma_pos^2``. Each part's error
+        is measured in units of its expected score norm (torsional diffusion's normalisation;
+        ``1 / sigma^2`` for a Gaussian) and averaged over the graph's torsions and coordinate
+        degrees of freedom.
         """
         sde = self.sde(batch)
         tor_space, pos_space = sde.space.spaces
         device, dtype = batch.pos.device, batch.pos.dtype
         t = torch.rand(batch.num_graphs, generator=generator, device=device, dtype=dtype)
-        sigma_tor = tor_space.broadcast(self.tor_schedule.sigma(t), batch.torsion_index[0].to(dtype))
+        noisy = self.noisy_batch(batch, batch.pos, t)
+        if self.config.full_fraction > 0:
+            full = torch.rand(batch.num_graphs, generator=generator, device=device) < self.config.full_fraction
+            noisy_full = self.noisy_batch(batch, batch.pos, t, "full")
+            noisy.sigma_tor = torch.where(full, noisy_full.sigma_tor, noisy.sigma_tor)
+            noisy.sigma_pos = torch.where(full, noisy_full.sigma_pos, noisy.sigma_pos)
+        sigma_tor = tor_space.broadcast(noisy.sigma_tor, batch.torsion_index[0].to(dtype))
         d = sample_wrapped_normal(sigma_tor.shape, sigma_tor, generator=generator)
-        sigma_pos = self.pos_schedule.sigma(t)
+        sigma_pos = noisy.sigma_pos
         e = pos_space.noise(batch.pos, generator) * pos_space.broadcast(sigma_pos, batch.pos)
-        pos = apply_torsion_changes(batch.pos, batch, d) + e
-        tor_pred, pos_pred = model(self.noisy_batch(batch, pos, t))
+        noisy.pos = apply_torsion_changes(batch.pos, batch, d) + e
+        tor_pred, pos_pred = model(noisy)
 
         tor_target = wrapped_normal_score(d, sigma_tor)
         tor_err = (tor_pred - tor_target) ** 2 / wrapped_normal_score_norm(sigma_tor)

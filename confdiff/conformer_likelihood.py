@@ -12,6 +12,9 @@ The conformer diffusion (``conformer_diffusion.py``) describes a conformer relat
 Rotating or translating ``x`` moves the whole chart rigidly; with torsion scores invariant, the
 coordinate score equivariant, the divergence a trace and the prior isotropic on ``V``, ``log p`` is
 unchanged (tested in ``tests/test_conformer_likelihood.py``).
+
+In the ``"full"`` mode the state is the centred conformer itself (``x_ref = 0``, ``y = x - CoM``),
+so ``log p`` is the model's density of the conformer on ``V``, with no chart.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def likelihood(
     generator: torch.Generator | None = None,
     rtol: float = 0.0,
     atol: float = 1e-5,
+    mode: str = "refine",
 ) -> list[float]:
     r"""Log-likelihood in nats of each conformer of ``mol`` under the conformer diffusion model.
 
@@ -99,18 +103,24 @@ def likelihood(
         The ODE runs in the model's dtype and on its device.
     divergence : ``"exact"``, ``"hutchinson"`` (``HUTCHINSON_PROBES`` Rademacher probes, the same
         for every conformer, so the error from the isotropic part of the Jacobian cancels between
-        conformers; the rest does not), or None: exact when ``m + 3N <= EXACT_DIVERGENCE_MAX_SIZE``.
+        conformers; the rest does not), or None: exact when one conformer's state (``m + 3N`` in the
+        refine mode) has at most ``EXACT_DIVERGENCE_MAX_SIZE`` elements.
     conf_ids : conformers to score (all when None), batched in one graph batch.
     generator : draws the Hutchinson probes (seed 0 when None).
     rtol, atol : tolerances of the adaptive Dormand-Prince solver. With ``rtol = 0`` its error norm
         is an RMS over the state, which rotates with the input, so the step sizes (and hence
         ``log p``) do not depend on the orientation; an elementwise relative tolerance does.
+    mode : ``"refine"`` (above), ``"torsions"`` (the density of the torsion changes ``d`` alone on
+        ``T^m``, the rest of the conformer held fixed) or ``"full"``: the density of the centred
+        conformer on ``V`` (units ``A^-(3N-3)``), ``log pi = -(3N-3)/2 log(2 pi sigma_full,max^2)
+        - |x_1|^2 / 2 sigma_full,max^2``; needs a model trained for it.
 
     Returns one ``log p`` per conformer, in the order of ``conf_ids``.
     """
     if divergence not in (None, "exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or None, got {divergence!r}")
     score_model, diffusion = model if isinstance(model, tuple) else load_model(model)
+    diffusion.check_mode(mode)
     ids = [c.GetId() for c in mol.GetConformers()] if conf_ids is None else [int(c) for c in conf_ids]
     if not ids:
         raise ValueError("the molecule has no conformers to score")
@@ -122,13 +132,17 @@ def likelihood(
     batch = Batch.from_data_list([graph] * len(ids))
     batch = batch.apply(lambda v: v.to(dtype) if v.is_floating_point() else v).to(device)
     pos_ref = torch.cat([torch.as_tensor(mol.GetConformer(c).GetPositions(), dtype=dtype) for c in ids]).to(device)
-    sde = diffusion.sde(batch)
+    sde = diffusion.sde(batch, mode)
     if divergence is None:
-        size = graph.num_torsions + 3 * graph.num_nodes
+        size = sde.space.numel // len(ids)
         divergence = "exact" if size <= EXACT_DIVERGENCE_MAX_SIZE else "hutchinson"
 
+    if mode == "full":  # the state is the centred conformer itself
+        y = (pos_ref - pos_ref.view(len(ids), -1, 3).mean(dim=1).repeat_interleave(graph.num_nodes, dim=0)).flatten()
+        pos_ref = torch.zeros_like(pos_ref)
+    else:  # x(0) = x_ref: every conformer at its own chart's origin
+        y = pos_ref.new_zeros(sde.space.numel)
     score_fn = diffusion.score_fn(score_model, batch, pos_ref, sde)
-    y = pos_ref.new_zeros(sde.space.numel)  # x(0) = x_ref: every conformer at its own chart's origin
     log_p, _ = log_likelihood(score_fn, y, sde, divergence=divergence, probe="rademacher",
                               num_probes=HUTCHINSON_PROBES, generator=_shared_probes(generator, len(ids)),
                               rtol=rtol, atol=atol)

@@ -10,6 +10,11 @@ size or the other molecules in the batch. Every conformer's stereochemistry is c
 seed's (a vectorised test of signed volumes and double-bond sides, :class:`StereoCheck`) and every
 seed's with the input's; a conformer that breaks it is fixed by dropping its coordinate refinement
 (the torsion changes alone are rigid rotations, which cannot change a configuration).
+
+In the ``"full"`` mode (``conformer_diffusion.MODES``) there are no seeds: every coordinate comes
+from the prior, and a conformer whose specified configurations are all inverted is mirrored (a
+reflection inverts every tetrahedral centre and keeps double bonds); one with some, but not all,
+inverted is dropped with a warning.
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from .chem.featurize import FeaturizationError, MolGraph, featurize
 from .chem.io import MoleculeRejected, check_molecule
 from .chem.relax import RelaxationError, relax_mmff, relax_xtb
 from .chem.torsions import apply_torsion_changes
-from .conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from .conformer_diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from .diffusion.samplers import SAMPLERS, time_grid
 from .nn.score_model import ScoreModel, ScoreModelConfig
 
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_STEPS",
+    "MODES",
     "RELAX_METHODS",
     "ConformerGenerator",
     "GenerationError",
@@ -54,7 +60,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "default"
-DEFAULT_STEPS = 20
+DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion steps per mode
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
 _VOLUME_TOL = 0.1  # A^3 (A^2 for double bonds): smaller counts as flat, i.e. broken (RDKit's ZERO_VOLUME_TOL)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
@@ -275,7 +281,8 @@ def _parse(item: Chem.Mol | str) -> tuple[Chem.Mol, list[str]]:
 
 @dataclass
 class _Job:
-    """A molecule ready for sampling: ETKDG seeds (S, N, 3), centred, and its stereo check."""
+    """A molecule ready for sampling: ETKDG seeds (S, N, 3), centred (one all-zero seed in the
+    ``"full"`` mode), and its stereo check."""
 
     index: int
     name: str
@@ -300,7 +307,8 @@ class ConformerGenerator:
     model : path to a checkpoint, ``"default"`` / None for the shipped model, or an already built
         ``(ScoreModel, ConformerDiffusion)`` pair.
     device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None (CUDA when available).
-    steps : reverse-diffusion steps; sampler : a name in ``confdiff.diffusion.samplers.SAMPLERS``.
+    steps : reverse-diffusion steps (None: ``DEFAULT_STEPS[mode]``); sampler : a name in
+        ``confdiff.diffusion.samplers.SAMPLERS``.
     conformers_per_seed : conformers that share one ETKDG seed structure (the diffusion resamples
         their torsions; the seed provides bond lengths, angles and ring puckers).
     max_atoms_per_batch : most atoms (all conformers of all molecules together) in one graph batch;
@@ -309,8 +317,9 @@ class ConformerGenerator:
     prune_rms : drop conformers within this heavy-atom RMSD (Angstrom) of a kept one.
     energy_window : after relaxation, keep conformers within this many kcal/mol of the lowest.
     num_workers : threads for the ETKDG seeds and for xtb.
-    refine_coordinates : diffuse the atom coordinates too (default); False keeps the seed's bond
-        lengths, angles and ring puckers exactly and diffuses the torsions only.
+    mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
+        ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
+        (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
     """
 
     def __init__(
@@ -318,7 +327,7 @@ class ConformerGenerator:
         model=None,
         *,
         device: str | torch.device | None = None,
-        steps: int = DEFAULT_STEPS,
+        steps: int | None = None,
         sampler: str = "euler_maruyama",
         conformers_per_seed: int = 5,
         max_atoms_per_batch: int = 20000,
@@ -326,8 +335,9 @@ class ConformerGenerator:
         prune_rms: float | None = None,
         energy_window: float | None = None,
         num_workers: int = 1,
-        refine_coordinates: bool = True,
+        mode: str = "refine",
     ):
+        steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if sampler not in SAMPLERS:
@@ -352,6 +362,7 @@ class ConformerGenerator:
             self.model.to(self.device).eval()
         else:
             self.model, self.diffusion = load_model(model, device=self.device)
+        self.diffusion.check_mode(mode)
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
@@ -360,7 +371,7 @@ class ConformerGenerator:
         self.prune_rms = prune_rms
         self.energy_window = energy_window
         self.num_workers = num_workers
-        self.refine_coordinates = refine_coordinates
+        self.mode = mode
 
     # --- public API -------------------------------------------------------------------------------
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
@@ -417,6 +428,11 @@ class ConformerGenerator:
             raise GenerationError(name, f"{mol.GetNumAtoms()} atoms (with hydrogens) exceed max_atoms_per_batch="
                                         f"{self.max_atoms_per_batch}; raise it (--batch-size) if memory allows")
         check = StereoCheck.from_mol(mol)
+        graph = featurize(mol)
+        if self.mode == "full":
+            zero = np.zeros((1, mol.GetNumAtoms(), 3))
+            return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
+                        _bond_lengths(zero, graph), check, notes)
         num_seeds = -(-n // self.conformers_per_seed)
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
@@ -431,7 +447,6 @@ class ConformerGenerator:
         if check.num_open:
             notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
                          "configuration, so the ensemble mixes stereoisomers")
-        graph = featurize(mol)
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
                     _bond_lengths(seeds, graph), check, notes)
 
@@ -475,15 +490,14 @@ class ConformerGenerator:
             batch = Batch.from_data_list([job.graph for job, _ in chunk]).to(self.device)
             pos_ref = torch.cat([job.seeds[self._seed_of(job, i)] for job, i in chunk]).to(self.device)
             generators = conformer_generators(seed, [i for _, i in chunk])
-            sde = self.diffusion.sde(batch, coordinates=self.refine_coordinates)
+            sde = self.diffusion.sde(batch, self.mode)
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
-            d, *rest = sde.space.split(y)
-            rigid = apply_torsion_changes(pos_ref, batch, d)
-            e = rest[0] if rest else torch.zeros_like(rigid)
+            pos = self.diffusion.positions(sde, batch, pos_ref, y)
+            rigid = pos_ref if self.mode == "full" else apply_torsion_changes(pos_ref, batch, sde.space.split(y)[0])
             sizes = batch.ptr.diff().tolist()
-            for (job, i), full_i, rigid_i in zip(chunk, (rigid + e).cpu().split(sizes), rigid.cpu().split(sizes)):
+            for (job, i), full_i, rigid_i in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
                 out[id(job)][0][i] = full_i.numpy()
                 out[id(job)][1][i] = rigid_i.numpy()
         return [out[id(job)] for job in jobs]
@@ -507,16 +521,12 @@ class ConformerGenerator:
     def _finish(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, seed: int) -> GenerationResult:
         """Stereo fix, then relaxation, energy window and pruning; the conformers as one ``Mol``."""
         notes = list(job.warnings)
-        seed_of = np.array([self._seed_of(job, i) for i in range(len(pos))])
-        stretch = np.abs(_bond_lengths(pos, job.graph) - job.seed_lengths[seed_of])
-        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
-        broken |= (stretch > MAX_BOND_STRETCH).any(axis=1)
-        if broken.any():
-            pos = np.where(broken[:, None, None], rigid, pos)
-            notes.append(f"{int(broken.sum())} of {len(pos)} conformers changed a configuration or stretched a bond "
-                         f"by over {MAX_BOND_STRETCH} A; their coordinate refinement was dropped (torsion changes kept)")
+        if self.mode == "full":
+            pos = self._fix_full(job, pos, notes)
+        else:
+            pos = self._fix_refined(job, pos, rigid, notes)
         out = Chem.Mol(job.mol)
-        for i, xyz in enumerate(pos):
+        for i, xyz in pos.items():
             conf = Chem.Conformer(out.GetNumAtoms())
             conf.SetPositions(xyz.astype(np.float64))
             conf.SetIntProp("conformer_index", i)
@@ -529,17 +539,46 @@ class ConformerGenerator:
         out.SetProp("_Name", job.name)
         return GenerationResult(job.index, job.name, out, None, notes)
 
+    def _fix_refined(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, notes: list[str]) -> dict[int, np.ndarray]:
+        """Conformers ``pos (n, N, 3)`` that changed their seed's configuration or stretched a bond take
+        their rigid torsion-only part instead; returns ``{conformer index: (N, 3)}``."""
+        seed_of = np.array([self._seed_of(job, i) for i in range(len(pos))])
+        stretch = np.abs(_bond_lengths(pos, job.graph) - job.seed_lengths[seed_of])
+        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
+        broken |= (stretch > MAX_BOND_STRETCH).any(axis=1)
+        if broken.any():
+            pos = np.where(broken[:, None, None], rigid, pos)
+            notes.append(f"{int(broken.sum())} of {len(pos)} conformers changed a configuration or stretched a bond "
+                         f"by over {MAX_BOND_STRETCH} A; their coordinate refinement was dropped (torsion changes kept)")
+        return dict(enumerate(pos))
+
+    def _fix_full(self, job: _Job, pos: np.ndarray, notes: list[str]) -> dict[int, np.ndarray]:
+        """Full-coordinate conformers ``pos (n, N, 3)`` (zero CoM) with every specified configuration
+        inverted are mirrored; those with some inverted, or a specified centre flat, are dropped."""
+        good = job.check.matches_input(pos)
+        mirrored = ~good & job.check.matches_input(-pos)
+        pos = np.where(mirrored[:, None, None], -pos, pos)
+        if mirrored.any():
+            notes.append(f"{int(mirrored.sum())} of {len(pos)} conformers came out as the mirror image and were reflected")
+        kept = good | mirrored
+        if not kept.any():
+            raise GenerationError(job.name, "no full-coordinate conformer has the input's stereochemistry")
+        if not kept.all():
+            notes.append(f"{int((~kept).sum())} of {len(pos)} conformers had a configuration that differs from "
+                         "the input's (not a mirror image) and were dropped")
+        return {i: xyz for i, (xyz, ok) in enumerate(zip(pos, kept)) if ok}
+
     def _relax(self, mol: Chem.Mol, job: _Job, notes: list[str]) -> None:
         """Relax every conformer in place, store ``energy``; drop conformers whose configuration the
         relaxation changed, and those outside the energy window."""
         ids = [c.GetId() for c in mol.GetConformers()]
+        before = job.check.signs(np.stack([mol.GetConformer(cid).GetPositions() for cid in ids]))
         if self.relax == "mmff":
             energies = relax_mmff(mol, ids)
         else:
             energies = [relax_xtb(mol, cid, method=self.relax, threads=self.num_workers) for cid in ids]
         pos = np.stack([mol.GetConformer(cid).GetPositions() for cid in ids])
-        seed_of = [self._seed_of(job, mol.GetConformer(cid).GetIntProp("conformer_index")) for cid in ids]
-        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
+        broken = ((job.check.signs(pos) != before) & (before != 0)).any(axis=1)
         for cid, energy, bad in zip(ids, energies, broken):
             mol.GetConformer(cid).SetDoubleProp("energy", float(energy))
             if bad:
@@ -603,6 +642,7 @@ def generate(
     prune_rms: float | None = None,
     device: str | None = None,
     model: str | os.PathLike | None = None,
+    mode: str = "refine",
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -614,6 +654,5 @@ def generate(
     """
     device = _resolve_device(device)
     loaded = _cached_model(None if model is None else str(model), str(device))
-    generator = ConformerGenerator(loaded, device=device, steps=DEFAULT_STEPS if steps is None else steps,
-                                   relax=relax, prune_rms=prune_rms)
+    generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode)
     return generator.generate(mol_or_smiles, n, seed=seed)

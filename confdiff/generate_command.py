@@ -60,7 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="-", help="output SDF (.sdf or .sdf.gz), - for stdout (default)")
     parser.add_argument("--seed", type=int, default=None,
                         help="base seed: conformer i of a molecule is reproducible whatever the batching")
-    parser.add_argument("--steps", type=int, default=20, help="reverse-diffusion steps (20)")
+    parser.add_argument("--mode", default="refine", choices=("refine", "torsions", "full"),
+                        help="refine: torsions + coordinate refinement of ETKDG seeds (default); torsions: "
+                             "torsions only; full: every coordinate from the prior (a model trained for it)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="reverse-diffusion steps (default 20; 50 in the full mode)")
     parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")
     parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
                         help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
@@ -306,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         generator = ConformerGenerator(
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
-            num_workers=args.num_workers,
+            num_workers=args.num_workers, mode=args.mode,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

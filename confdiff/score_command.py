@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="SDF / SDF.GZ with 3D conformers")
     parser.add_argument("-o", "--output", required=True, help="output SDF (.sdf or .sdf.gz)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
+    parser.add_argument("--mode", default="refine", choices=("refine", "torsions", "full"),
+                        help="which of the model's densities (see confdiff.likelihood; default refine)")
     parser.add_argument("--divergence", choices=["exact", "hutchinson"], default=None,
                         help="divergence of the ODE (default: exact for small molecules, else Hutchinson)")
     parser.add_argument("--rank", action="store_true", help="sort each molecule's conformers, most likely first")
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model = load_model(args.model, device=device)
+        model[1].check_mode(args.mode)
     except (FileNotFoundError, ValueError) as err:
         print(f"confdiff score: {err}", file=sys.stderr)
         return 2
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{label}\t{reason}", file=sys.stderr, flush=True)
                     continue
                 try:
-                    log_p = likelihood(mol, model, divergence=args.divergence, atol=args.atol,
+                    log_p = likelihood(mol, model, divergence=args.divergence, atol=args.atol, mode=args.mode,
                                        generator=torch.Generator().manual_seed(args.seed))
                 except (ValueError, RuntimeError) as err:
                     failures += len(group)

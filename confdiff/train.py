@@ -66,6 +66,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     warmup_steps: int = 0
+    lr_decay_start: int | None = None
+    lr_final_ratio: float = 0.05
     weight_decay: float = 0.0
     amp: str = "bf16"
     log_every: int = 50
@@ -90,6 +92,10 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0, got {self.grad_clip}")
         if self.amp not in _AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(_AMP_DTYPES)}, got {self.amp!r}")
+        if self.lr_decay_start is not None and not 0 <= self.lr_decay_start < self.max_steps:
+            raise ValueError(f"lr_decay_start must be in [0, max_steps), got {self.lr_decay_start}")
+        if not 0 < self.lr_final_ratio <= 1:
+            raise ValueError(f"lr_final_ratio must be in (0, 1], got {self.lr_final_ratio}")
         for name in ("warmup_steps", "eval_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -333,9 +339,14 @@ class Trainer:
 
     # ------------------------------------------------------------------- loop
     def _lr_at(self, step: int) -> float:
-        if self.config.warmup_steps == 0:
-            return self.config.lr
-        return self.config.lr * min(1.0, (step + 1) / self.config.warmup_steps)
+        """Linear warm-up, constant, then (from ``lr_decay_start``) a cosine down to
+        ``lr * lr_final_ratio`` at ``max_steps``."""
+        cfg = self.config
+        lr = cfg.lr if cfg.warmup_steps == 0 else cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        if cfg.lr_decay_start is not None and step >= cfg.lr_decay_start:
+            progress = (step - cfg.lr_decay_start) / max(cfg.max_steps - cfg.lr_decay_start, 1)
+            lr *= cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr
 
     def _train_step(self, batch: Any) -> torch.Tensor:
         cfg = self.config

@@ -153,8 +153,14 @@ def train_conformer_model(
     eval_molecules: int = 4,
     eval_steps: int = 10,
     progress: bool = True,
+    init_from: str | os.PathLike | None = None,
 ) -> dict:
     """Train (or resume) a conformer score model; returns the trainer's final metrics.
+
+    ``init_from``: start a new run from the (EMA) weights of a checkpoint or release file
+    (fine-tuning, e.g. for another ``diffusion_config``), with its model configuration unless
+    ``model_config`` is given; parameters that only ``model_config`` has (an option switched on,
+    such as ``centre_vector``) keep their initial values. Ignored when resuming.
 
     ``val_fraction`` of the molecules (by SMILES) are held out for the validation loss; the first
     ``eval_molecules`` of them also get the COV-R / MAT-R check (:func:`coverage_evaluator`,
@@ -162,6 +168,13 @@ def train_conformer_model(
     """
     if eval_molecules < 0 or eval_steps < 1:
         raise ValueError(f"need eval_molecules >= 0 and eval_steps >= 1, got {eval_molecules}, {eval_steps}")
+    init_weights = None
+    if init_from is not None and not (resume and (Path(out_dir) / CHECKPOINT_NAME).exists()):
+        init = load_checkpoint(init_from)
+        if init.get("kind") != KIND:
+            raise ValueError(f"{init_from} holds {init.get('kind')!r}, not a conformer score model")
+        model_config = model_config or ScoreModelConfig.from_dict(init["model_config"]["model"])
+        init_weights = init["ema"]
     model_config = model_config or ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM,
                                                     edge_feature_dim=BOND_FEATURE_DIM)
     diffusion_config = diffusion_config or ConformerDiffusionConfig()
@@ -179,6 +192,10 @@ def train_conformer_model(
     with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
         torch.manual_seed(train_config.seed)
         model = ScoreModel(model_config)
+    if init_weights is not None:
+        unexpected = model.load_state_dict(init_weights, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{init_from} has weights this model configuration lacks: {unexpected}")
     trainer = Trainer(
         model,
         functools.partial(training_loss, diffusion),
@@ -218,6 +235,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20000, help="optimiser steps (default 20000)")
     parser.add_argument("--batch-size", type=int, default=32, help="molecules per step and process")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-decay-start", type=int, default=None, metavar="STEP",
+                        help="cosine decay of the learning rate from STEP to 5%% at --steps (default: constant)")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start from the weights and model configuration of this checkpoint (fine-tuning)")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="mixed precision on CUDA")
@@ -234,22 +255,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export", metavar="PATH", help="also write the release file (EMA weights) here")
     parser.add_argument("--no-progress", action="store_true")
     for f in dataclasses.fields(ScoreModelConfig):
-        if f.name not in _DATA_FIELDS:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                                help=f"score model {f.name} (default {f.default})")
+        if f.name in _DATA_FIELDS:
+            continue
+        kind = {"action": argparse.BooleanOptionalAction} if isinstance(f.default, bool) else {"type": type(f.default)}
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=None, help=f"score model {f.name} (default {f.default})",
+                            **kind)
+    for f in dataclasses.fields(ConformerDiffusionConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            help=f"diffusion {f.name} (default {f.default:g})")
 
 
 def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreModelConfig)
                  if f.name not in _DATA_FIELDS and getattr(args, f.name) is not None}
-    model_config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
-                                    **overrides)
-    train_config = TrainConfig(lr=args.lr, batch_size=args.batch_size, max_steps=args.steps,
+    if args.init_from:  # the initial model's configuration, with the options given here
+        base = ScoreModelConfig.from_dict(load_checkpoint(args.init_from)["model_config"]["model"])
+        model_config = dataclasses.replace(base, **overrides)
+    else:
+        model_config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
+                                        **overrides)
+    diffusion_config = ConformerDiffusionConfig(**{
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ConformerDiffusionConfig)
+        if getattr(args, f.name) is not None})
+    train_config = TrainConfig(lr=args.lr, lr_decay_start=args.lr_decay_start, batch_size=args.batch_size,
+                               max_steps=args.steps,
                                ema_decay=args.ema_decay, amp=args.amp, device=args.device,
                                checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                num_workers=args.num_workers, seed=args.seed)
-    train_conformer_model(args.data, args.out, model_config=model_config, train_config=train_config,
-                          resume=args.resume, cache_dir=args.cache_dir, max_atoms=args.max_atoms,
+    train_conformer_model(args.data, args.out, model_config=model_config, diffusion_config=diffusion_config,
+                          train_config=train_config, init_from=args.init_from, resume=args.resume, cache_dir=args.cache_dir, max_atoms=args.max_atoms,
                           val_fraction=args.val_fraction, eval_molecules=args.eval_molecules,
                           eval_steps=args.eval_steps, progress=not args.no_progress)
     if args.export and int(os.environ.get("RANK", "0")) == 0:

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,26 @@ def test_bad_arguments(reference, capsys):
     assert "unknown method" in capsys.readouterr().err
     assert benchmark.run(_args(["--method", "etkdg"])) == 2
     assert benchmark.run(_args([reference, "--method", "file:/does/not/exist.sdf"])) == 2
+
+
+def test_confdiff_methods_take_a_model_and_name_an_unusable_mode(reference, tmp_path, capsys):
+    from test_conformers import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny.pt")
+    out = tmp_path / "out.json"
+    argv = [reference, "--method", "confdiff-torsions", "--method", "confdiff-full", "--model", model, "--json", out]
+    assert benchmark.run(_args(argv)) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert methods["confdiff-torsions"]["failures"] == 0 and methods["confdiff-torsions"]["cov_r_mean"] > 0
+    assert methods["confdiff-full"]["failures"] == 2
+    assert "not trained for the full-coordinate mode" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("xtb") is None, reason="needs the xtb executable")
+def test_etkdg_gfn2_optimises_every_conformer(reference):
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCCCO"))
+    before = benchmark.generate_etkdg(Chem.Mol(mol), 2, 3)
+    after = benchmark.generate_etkdg_gfn2(Chem.Mol(mol), 2, 3)
+    assert after.GetNumConformers() == 2
+    moved = [abs(a.GetPositions() - b.GetPositions()).max() for a, b in zip(before.GetConformers(), after.GetConformers())]
+    assert min(moved) > 1e-3  # optimised, not the ETKDG geometry

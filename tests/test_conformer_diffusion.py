@@ -122,6 +122,67 @@ def test_score_fn_runs_the_model_at_x_y_and_joins_its_outputs(batch):
     assert not hasattr(batch, "sigma_tor") and batch.pos is not expected_pos
 
 
+# --- the three modes --------------------------------------------------------------------------------
+
+FULL = ConformerDiffusionConfig(full_fraction=0.5, sigma_full_max=8.0)
+
+
+def test_torsion_and_full_modes_hold_one_part_each(batch):
+    diffusion = ConformerDiffusion(FULL)
+    tor, full = diffusion.sde(batch, "torsions"), diffusion.sde(batch, "full")
+    assert tor.space.numel == batch.torsion_index.shape[1]
+    assert full.space.numel == 3 * batch.num_nodes
+    # full: x = pos_ref + e, with a zero-CoM isotropic prior of scale sigma_full_max
+    e = full.space.project(torch.randn(full.space.numel, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(diffusion.positions(full, batch, batch.pos, e), batch.pos + e.view(-1, 3))
+    atoms = torch.bincount(batch.batch).to(torch.float64)
+    sq = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.batch, (e.view(-1, 3) ** 2).sum(1))
+    expected = -(3 * atoms - 3) / 2 * math.log(2 * math.pi * 8.0**2) - sq / (2 * 8.0**2)
+    torch.testing.assert_close(full.prior_log_prob(e), expected)
+    # torsions: rigid moves of the reference only
+    d = torch.full((tor.space.numel,), 0.3, dtype=torch.float64)
+    both = diffusion.sde(batch)
+    expected = diffusion.positions(both, batch, batch.pos, both.space.join([d, torch.zeros_like(batch.pos)]))
+    torch.testing.assert_close(diffusion.positions(tor, batch, batch.pos, d), expected)
+    with pytest.raises(ValueError, match="unknown mode"):
+        diffusion.sde(batch, "coordinates")
+
+
+@pytest.mark.parametrize("mode", ["torsions", "full"])
+def test_score_fn_gives_the_model_each_modes_noise_levels_and_parts(batch, mode):
+    diffusion = ConformerDiffusion(FULL)
+    sde = diffusion.sde(batch, mode)
+    y = sde.prior_sample(torch.zeros(sde.space.numel, dtype=torch.float64), torch.Generator().manual_seed(3))
+    t = torch.linspace(0.1, 0.9, batch.num_graphs, dtype=torch.float64)
+    seen = {}
+
+    def model(noisy):
+        seen.update(sigma_tor=noisy.sigma_tor, sigma_pos=noisy.sigma_pos)
+        return noisy.pos.new_full((noisy.torsion_index.shape[1],), 2.0), -noisy.pos
+
+    pos_ref = torch.zeros_like(batch.pos) if mode == "full" else batch.pos
+    score = diffusion.score_fn(model, batch, pos_ref, sde)(y, t)
+    zero = torch.zeros_like(t)
+    if mode == "full":
+        torch.testing.assert_close(seen["sigma_tor"], diffusion.tor_schedule.sigma(zero))
+        torch.testing.assert_close(seen["sigma_pos"], diffusion.full_schedule.sigma(t))
+        torch.testing.assert_close(score, -y)
+    else:
+        torch.testing.assert_close(seen["sigma_tor"], diffusion.tor_schedule.sigma(t))
+        torch.testing.assert_close(seen["sigma_pos"], diffusion.pos_schedule.sigma(zero))
+        assert torch.all(score == 2.0)
+
+
+def test_the_full_mode_needs_a_model_trained_for_it():
+    ConformerDiffusion(FULL).check_mode("full")
+    with pytest.raises(ValueError, match="not trained for the full-coordinate mode"):
+        ConformerDiffusion().check_mode("full")
+    with pytest.raises(ValueError, match="unknown mode"):
+        ConformerDiffusion().check_mode("fast")
+    with pytest.raises(ValueError, match="full_fraction"):
+        ConformerDiffusionConfig(full_fraction=1.5)
+
+
 # --- the loss ---------------------------------------------------------------------------------------
 
 def conditional_scores(d, sigma_tor, e, sigma_pos):
@@ -154,6 +215,36 @@ def test_an_oracle_that_knows_the_noise_has_zero_loss(batch):
     loss = diffusion.loss(oracle, batch, torch.Generator().manual_seed(seed))
     assert loss.shape == (batch.num_graphs,)
     torch.testing.assert_close(loss, torch.zeros_like(loss), atol=1e-12, rtol=0)
+
+
+def test_with_a_full_fraction_some_graphs_take_the_full_noise_levels(batch):
+    """Draws: t, then the full-path flags, then d and e. Flagged graphs see sigma_tor_min and
+    sigma_full(t); an oracle replaying the draws still has zero loss."""
+    diffusion = ConformerDiffusion(FULL)
+    tor_space, pos_space = diffusion.sde(batch).space.spaces
+    seed = 5
+    flags = []
+
+    def oracle(noisy):
+        g = torch.Generator().manual_seed(seed)
+        t = torch.rand(batch.num_graphs, generator=g, dtype=torch.float64)
+        full = torch.rand(batch.num_graphs, generator=g) < FULL.full_fraction
+        flags.append(full)
+        sigma_tor = torch.where(full, diffusion.tor_schedule.sigma(torch.zeros_like(t)), diffusion.tor_schedule.sigma(t))
+        sigma_pos = torch.where(full, diffusion.full_schedule.sigma(t), diffusion.pos_schedule.sigma(t))
+        torch.testing.assert_close(noisy.sigma_tor, sigma_tor)
+        torch.testing.assert_close(noisy.sigma_pos, sigma_pos)
+        sigma_tor = sigma_tor[tor_space.batch]
+        d = wrap(sigma_tor * torch.randn(sigma_tor.shape, generator=g, dtype=torch.float64))
+        e = pos_space.noise(batch.pos, g) * sigma_pos[batch.batch][:, None]
+        torch.testing.assert_close(noisy.pos, apply_torsion_changes(batch.pos, batch, d) + e)
+        return conditional_scores(d, sigma_tor, e, sigma_pos[batch.batch])
+
+    for seed in range(5, 12):  # until both kinds of graph occurred
+        loss = diffusion.loss(oracle, batch, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(loss, torch.zeros_like(loss), atol=1e-12, rtol=0)
+    seen = torch.stack(flags)
+    assert seen.any() and not seen.all()
 
 
 def test_each_part_is_normalised_so_the_zero_model_scores_one():

@@ -18,7 +18,7 @@ from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
-from confdiff.conformer_diffusion import ConformerDiffusion
+from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformer_likelihood import (
     KCAL_PER_MOL_K,
     boltzmann_importance_weights,
@@ -31,6 +31,7 @@ from confdiff.diffusion import (
     wrapped_normal_score,
 )
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+from oracles import GaussianConformer
 
 # the invariance tests only need the same computation on moved inputs, not a tight ODE solve
 LOOSE = {"rtol": 0.0, "atol": 1e-2}
@@ -291,6 +292,60 @@ def test_hutchinson_probes_are_shared_so_differences_match_exact():
     # and a conformer's value does not depend on the rest of the batch
     alone = likelihood(mol, (None, truth), divergence="exact", atol=1e-4, conf_ids=[1])
     assert alone[0] == pytest.approx(exact[1], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- full mode
+def test_full_mode_log_likelihood_is_invariant_and_the_control_is_not():
+    """A random network's coordinate field can pull two atoms onto each other (a singular attractor
+    that stalls the solver, unlike a trained one's); its read-outs are scaled down tenfold more."""
+    diffusion = ConformerDiffusion(ConformerDiffusionConfig(full_fraction=1.0))
+    mol = with_moved_copies(embedded("OCCO", 2), torch.Generator().manual_seed(1))
+    network = tiny_model()
+    with torch.no_grad():
+        for layer in (network.pos_edge_out, network.pos_linear):
+            for p in layer.parameters():
+                p.mul_(0.1)
+    log_p = np.array(likelihood(mol, (network, diffusion), mode="full", divergence="exact", **LOOSE))
+    assert np.all(np.isfinite(log_p)) and abs(log_p[0] - log_p[1]) > 1e-2
+    np.testing.assert_allclose(log_p[2:], log_p[:2], rtol=0, atol=1e-4)
+    control = np.array(likelihood(mol, (AbsoluteCoordinateScore(network), diffusion), mode="full",
+                                  divergence="exact", **LOOSE))
+    assert np.max(np.abs(control[2:] - control[:2])) > 1e-2
+
+
+def test_full_mode_likelihood_is_the_exact_gaussian_density():
+    """log p of the centred conformer on V against the closed form. For Gaussian data the PF-ODE is
+    linear, ``x_1 = mu + (x - mu) r`` with ``r = ((s^2 + sigma_max^2) / (s^2 + sigma_min^2))^(1/2)``, so
+    the value is exactly ``log p_min(x) - log p_1(x_1) + log pi(x_1)`` (the prior stands in for p_1)."""
+    diffusion = ConformerDiffusion(ConformerDiffusionConfig(full_fraction=1.0, sigma_full_max=10.0))
+    mol = embedded("OCCO", 1)
+    mu, s = torch.as_tensor(mol.GetConformer().GetPositions()), 0.3
+    mu = mu - mu.mean(0)
+    gen = torch.Generator().manual_seed(0)
+    out = Chem.Mol(mol)
+    out.RemoveAllConformers()
+    shift = torch.tensor([3.0, -1.0, 2.0], dtype=torch.float64)  # translations are removed
+    for scale in (0.0, 0.2, 0.5):
+        conf = Chem.Conformer(mol.GetNumAtoms())
+        conf.SetPositions((mu + shift + scale * torch.randn(mu.shape, generator=gen, dtype=torch.float64)).numpy())
+        out.AddConformer(conf, assignId=True)
+    log_p = torch.tensor(likelihood(out, (GaussianConformer(mu, s), diffusion), mode="full", divergence="exact"),
+                         dtype=torch.float64)
+
+    def log_normal(x, mean, var):  # on the (3N - 3)-dimensional zero-CoM subspace
+        return -0.5 * (3 * len(x) - 3) * math.log(2 * math.pi * var) - 0.5 * float(((x - mean) ** 2).sum()) / var
+
+    sigma_min, sigma_max = (float(diffusion.full_schedule.sigma(torch.tensor(t, dtype=torch.float64)))
+                            for t in (T_MIN, 1.0))
+    var_min, var_max = s**2 + sigma_min**2, s**2 + sigma_max**2
+    exact = []
+    for conf in out.GetConformers():
+        x = torch.as_tensor(conf.GetPositions())
+        x = x - x.mean(0)
+        x_1 = mu + (x - mu) * math.sqrt(var_max / var_min)
+        exact.append(log_normal(x, mu, var_min) - log_normal(x_1, mu, var_max) + log_normal(x_1, 0.0, sigma_max**2))
+    assert exact[0] - exact[2] > 10.0
+    torch.testing.assert_close(log_p, torch.tensor(exact, dtype=torch.float64), rtol=0, atol=0.01)
 
 
 # ---------------------------------------------------------------------------------------- Boltzmann

@@ -23,6 +23,7 @@ from confdiff.conformers import (
     load_model,
 )
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+from oracles import GaussianConformer
 
 STEREO_SMILES = "C[C@H](N)C(=O)N[C@@H](Cc1ccccc1)/C=C/CC"  # two stereocentres and an E double bond
 STEPS = 3
@@ -239,6 +240,51 @@ def test_bad_input_is_named_and_the_others_go_on(model):
     assert Chem.MolToSmiles(Chem.RemoveHs(by["salt"].mol)) == "CC(=O)[O-]"
     assert Chem.GetFormalCharge(by["charged"].mol) == 0 and Chem.GetFormalCharge(by["cation"].mol) == 1
     assert [by[k].mol.GetNumAtoms() for k in ("twin a", "twin b")] == [9, 10]  # same name, both kept
+
+
+# --- the full-coordinate mode ---------------------------------------------------------------------
+
+CHIRAL = "C[C@H](N)[C@@H](C)O"
+
+
+def gaussian_oracle(smiles: str, s: float = 0.05) -> tuple[GaussianConformer, ConformerDiffusion]:
+    """Data = one conformer of ``smiles`` (same atom order as CHIRAL) with ``s`` A of noise."""
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=3) == 0
+    mu = torch.tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
+    return GaussianConformer(mu, s), ConformerDiffusion(ConformerDiffusionConfig(full_fraction=1.0, sigma_full_max=5.0))
+
+
+def test_full_mode_samples_the_data_and_keeps_the_input_stereochemistry():
+    oracle, diffusion = gaussian_oracle(CHIRAL)
+    result = next(ConformerGenerator((oracle, diffusion), device="cpu", mode="full", steps=50).generate_many(
+        [CHIRAL], n=6, seed=0))
+    assert result.ok and result.mol.GetNumConformers() == 6 and not result.warnings
+    expected = Chem.MolToSmiles(Chem.MolFromSmiles(CHIRAL))
+    target = Chem.Mol(result.mol, confId=0)
+    target.GetConformer().SetPositions(oracle.mu.double().numpy())
+    for conf in result.mol.GetConformers():
+        assert stereo_from_3d(result.mol, conf.GetId()) == expected
+        assert rdMolAlign.AlignMol(Chem.Mol(result.mol), target, prbCid=conf.GetId()) < 0.3
+
+
+def test_full_mode_mirrors_enantiomers_and_drops_other_stereoisomers():
+    expected = Chem.MolToSmiles(Chem.MolFromSmiles(CHIRAL))
+    enantiomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@H](C)O"), device="cpu", mode="full", steps=50)
+    result = next(enantiomer.generate_many([CHIRAL], n=4, seed=0))
+    assert result.ok and result.mol.GetNumConformers() == 4
+    assert any("mirror image and were reflected" in w for w in result.warnings)
+    assert all(stereo_from_3d(result.mol, c.GetId()) == expected for c in result.mol.GetConformers())
+    diastereomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@@H](C)O"), device="cpu", mode="full", steps=50)
+    result = next(diastereomer.generate_many([CHIRAL], n=4, seed=0))
+    assert not result.ok and "no full-coordinate conformer has the input's stereochemistry" in result.error
+
+
+def test_full_mode_needs_a_model_trained_for_it(model):
+    with pytest.raises(ValueError, match="not trained for the full-coordinate mode"):
+        ConformerGenerator(model, device="cpu", mode="full")
+    with pytest.raises(ValueError, match="unknown mode"):
+        ConformerGenerator(model, device="cpu", mode="fast")
 
 
 def test_generate_api(tmp_path):

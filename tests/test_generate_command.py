@@ -233,3 +233,16 @@ def test_usage_and_input_errors(tmp_path, model_path, capsys):
     assert generate(model_path, str(tmp_path / "in.smi"), "--energy-window", "3") == 2
     assert main(["generate", str(tmp_path / "in.smi"), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "no model checkpoint" in capsys.readouterr().err
+
+
+def test_mode_option(tmp_path, model_path, capsys):
+    (tmp_path / "in.smi").write_text(f"{STEREO_SMILES} a\n")
+    out = tmp_path / "torsions.sdf"
+    assert generate(model_path, str(tmp_path / "in.smi"), "-o", str(out), "--mode", "torsions", "--seed", "1") == 0
+    mols = read_sdf(out)
+    assert len(mols) == N
+    assert all(stereo_from_3d(m, -1) == Chem.MolToSmiles(Chem.MolFromSmiles(STEREO_SMILES)) for m in mols)
+    # the tiny model was not trained for the full mode: a usage error naming the reason
+    assert generate(model_path, str(tmp_path / "in.smi"), "-o", str(tmp_path / "full.sdf"), "--mode", "full") == 2
+    assert "not trained for the full-coordinate mode" in capsys.readouterr().err
+    assert not (tmp_path / "full.sdf").exists()

@@ -14,7 +14,7 @@ import confdiff.conformers
 from confdiff import score_command
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from confdiff.cli import COMMANDS
-from confdiff.conformer_diffusion import ConformerDiffusionConfig
+from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformer_likelihood import likelihood
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
@@ -52,7 +52,7 @@ def fake_likelihood(monkeypatch):
     def fake(mol, model, **kwargs):
         return [float(c.GetAtomPosition(0).x) for c in mol.GetConformers()]
 
-    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, device=None: "model")
+    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, device=None: ("model", ConformerDiffusion()))
     monkeypatch.setattr(confdiff.conformer_likelihood, "likelihood", fake)
 
 
@@ -121,3 +121,7 @@ def test_the_written_values_are_those_of_likelihood(tmp_path):
     expected = likelihood(mol, confdiff.conformers.load_model(tmp_path / "model.pt"), divergence="hutchinson",
                           atol=1e-2, generator=torch.Generator().manual_seed(4))
     assert written == pytest.approx(expected, abs=1e-5)
+    # this model was not trained for the full-coordinate density: a usage error, no output
+    args = parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "full.sdf"), "--model", str(tmp_path / "model.pt"),
+                 "--mode", "full")
+    assert score_command.run(args) == 2 and not (tmp_path / "full.sdf").exists()

@@ -1,6 +1,7 @@
 """The generic trainer: loss falls, EMA rule, checkpoints, exact resume after SIGKILL, DDP on gloo."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -86,6 +87,20 @@ def test_existing_checkpoint_needs_resume_and_matching_config(tmp_path):
     with pytest.raises(ValueError, match="data order"):
         Trainer(model, loss_fn, data, config=_config(seed=4), out_dir=tmp_path, model_config={}, kind="toy",
                 resume=True)
+
+
+def test_learning_rate_warms_up_then_decays_by_a_cosine_from_lr_decay_start(tmp_path):
+    model, data = make_problem()
+    config = _config(max_steps=30, warmup_steps=5, lr_decay_start=10, lr_final_ratio=0.1)
+    trainer = Trainer(model, loss_fn, data, config=config, out_dir=tmp_path, model_config={}, kind="toy",
+                      progress=False)
+    trainer.fit()
+    lrs = [r["lr"] for r in _records(tmp_path) if "loss" in r]
+    assert lrs[0] == pytest.approx(1e-2 / 5) and lrs[4] == pytest.approx(1e-2) and lrs[9] == pytest.approx(1e-2)
+    assert lrs[20] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 10 / 20))))
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] > 1e-3
+    with pytest.raises(ValueError, match="lr_decay_start"):
+        TrainConfig(max_steps=10, lr_decay_start=10)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"lr": 0}, "lr"), ({"ema_decay": 1.0}, "ema_decay"),

@@ -3,6 +3,7 @@ resume after SIGKILL, DDP under torchrun, and overfitting one molecule's torsion
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from confdiff.chem.data import ConformerDataset
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import dihedral_angles
 from confdiff.cli import main
-from confdiff.conformer_diffusion import ConformerDiffusion
+from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers import ConformerGenerator, load_model
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from confdiff.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_checkpoint
@@ -205,6 +206,26 @@ def test_export_release_is_read_by_load_model_and_generates(trained, tmp_path):
     torch.save({"kind": "image_unet"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="image_unet"):
         export_release(tmp_path / "other.pt", tmp_path / "x.pt")
+
+
+def test_fine_tuning_starts_from_the_initial_weights_and_can_switch_on_the_full_mode(trained, data_dir, tmp_path):
+    release = export_release(trained / CHECKPOINT_NAME, tmp_path / "model.pt")
+    config = dataclasses.replace(TINY, centre_vector=True)
+    full = ConformerDiffusionConfig(full_fraction=0.5)
+    out = tmp_path / "tuned"
+    train_conformer_model([str(data_dir)], out, model_config=config, diffusion_config=full,
+                          train_config=TrainConfig(lr=1e-9, batch_size=4, max_steps=2, checkpoint_every=2),
+                          init_from=release, cache_dir=str(data_dir / "cache"), val_fraction=0.0, eval_molecules=0, progress=False)
+    tuned = load_checkpoint(out / CHECKPOINT_NAME)
+    initial = torch.load(release, weights_only=False)["ema"]
+    for key, value in initial.items():
+        torch.testing.assert_close(tuned["model"][key], value, atol=1e-6, rtol=0)
+    assert tuned["model"]["pos_centre.weight"].abs().max() < 1e-6
+    model, diffusion = load_model(out / CHECKPOINT_NAME)
+    assert model.config.centre_vector and diffusion.config.full_fraction == 0.5
+    result = next(ConformerGenerator((model, diffusion), device="cpu", mode="full", steps=3).generate_many(
+        [FLEXIBLE[0]], n=3, seed=0))
+    assert result.ok or "stereochemistry" in result.error
 
 
 # --- the command: SIGKILL and resume, torchrun -------------------------------------------------------

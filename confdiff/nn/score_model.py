@@ -37,6 +37,9 @@ class ScoreModelConfig:
     cutoff, max_neighbors : radius graph (Angstrom) and neighbour slots per atom (bonds included).
     torsion_cutoff, torsion_max_neighbors : the same around each rotatable bond's centre.
     avg_num_neighbors : messages are divided by its square root.
+    centre_vector : the position head also reads each atom's offset from its graph's centre,
+        ``psi(s_i) (x_i - c) / (1 + sigma_pos^2)^(1/2)``: the global pull that the full-coordinate
+        mode needs at large noise (a local graph cannot see the centre), zero at initialisation.
     """
 
     node_feature_dim: int
@@ -53,6 +56,7 @@ class ScoreModelConfig:
     torsion_cutoff: float = 5.0
     torsion_max_neighbors: int = 12
     avg_num_neighbors: float = 10.0
+    centre_vector: bool = False
 
     def __post_init__(self) -> None:
         positive = ("node_feature_dim", "num_scalars", "num_vectors", "num_layers", "sh_lmax", "edge_dim",
@@ -147,6 +151,10 @@ class ScoreModel(torch.nn.Module):
         self.pos_dst = torch.nn.Parameter(torch.randn(ed, ns) / ns**0.5)
         self.pos_edge_out = torch.nn.Linear(ed, 1)
         self.pos_linear = IrrepsLinear(self.irreps_node, "1x1o")
+        if c.centre_vector:
+            self.pos_centre = torch.nn.Linear(ns, 1)
+            torch.nn.init.zeros_(self.pos_centre.weight)
+            torch.nn.init.zeros_(self.pos_centre.bias)
 
         # torsion head: bond-centred convolution, harmonics of (atom - centre) coupled with the axis (2e)
         node_irs = [ir for _, ir in self.irreps_node]
@@ -203,6 +211,9 @@ class ScoreModel(torch.nn.Module):
         z = torch.nn.functional.silu(z + (self.pos_dst @ s)[:, None, :]).view(-1, nbr.src.shape[0])
         phi = _linear_t(self.pos_edge_out, z) * envelope  # (1, E)
         pos_score = ((phi * unit).view(3, num_slots, num_atoms).sum(1) + self.pos_linear(h)).t()  # (N, 3)
+        if c.centre_vector:
+            offset = pos - scatter_mean(pos, graph, num_graphs)[graph]
+            pos_score = pos_score + self.pos_centre(s.t()) * offset / torch.sqrt(1 + sigma_pos[graph, None] ** 2)
         pos_score = pos_score / sigma_pos[graph, None]
         pos_score = pos_score - scatter_mean(pos_score, graph, num_graphs)[graph]
 

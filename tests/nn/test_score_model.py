@@ -70,6 +70,20 @@ def test_rotation_translation_and_parity(mols, dtype, atol, sh_lmax):
         assert max(errors.values()) < 1e-10
 
 
+def test_the_centre_vector_read_out_is_equivariant_and_starts_at_zero(mols):
+    batch = make_batch(mols)
+    batch.sigma_pos = torch.tensor([0.01, 1.0, 8.0], dtype=torch.float64)  # up to full-mode noise
+    model = model_of(dataclasses.replace(SMALL, centre_vector=True))
+    assert model.pos_centre.weight.abs().sum() == 0 and model.pos_centre.bias.abs().sum() == 0
+    with torch.no_grad():
+        model.pos_centre.weight.normal_(generator=torch.Generator().manual_seed(1))
+        model.pos_centre.bias.fill_(-1.0)
+        errors = assert_equivariant(lambda b: model(b), batch, atol=1e-6)
+    assert max(errors.values()) < 1e-10
+    (model(batch)[1].square().sum()).backward()
+    assert model.pos_centre.weight.grad.abs().sum() > 0
+
+
 def test_torsion_scores_flip_sign_under_a_mirror(mols):
     batch = make_batch(mols)
     model = model_of()
