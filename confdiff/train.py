@@ -405,6 +405,7 @@ class Trainer:
                    "device": str(self.device), "train_config": dataclasses.asdict(cfg)})
         record: dict = {}
         run_total, run_count, t0 = 0.0, 0, time.time()
+        finished = False
         try:
             while self.step < total_steps:
                 if self.batch_in_epoch >= per_epoch:
@@ -438,10 +439,14 @@ class Trainer:
                         bar.update(1)
                     if done:
                         break
+            finished = True
         finally:
             if bar is not None:
                 bar.close()
             if self._owns_process_group and dist.is_initialized():
+                if finished:  # no rank leaves while another still validates or saves
+                    dist.barrier()
+                self.ddp_model = self.model  # the DDP wrapper's hooks must not outlive the group
                 dist.destroy_process_group()
         self._log({"event": "end", "step": self.step, "epoch": self.epoch})
         return record

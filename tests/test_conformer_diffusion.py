@@ -268,7 +268,7 @@ def test_loss_of_the_score_model_is_per_graph_finite_differentiable_and_leaves_t
     before = {key: value.clone() for key, value in batch.to_dict().items() if torch.is_tensor(value)}
     torch.manual_seed(0)
     model = ScoreModel(ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=8, num_vectors=2,
-                                        num_layers=1)).to(dtype)
+                                        num_layers=2)).to(dtype)
     loss = ConformerDiffusion().loss(model, batch, torch.Generator().manual_seed(0))
     assert loss.shape == (batch.num_graphs,) and loss.dtype == dtype
     assert torch.isfinite(loss).all() and (loss > 0).all()

@@ -32,7 +32,7 @@ STEPS = 3
 def tiny_model() -> tuple[ScoreModel, ConformerDiffusion]:
     torch.manual_seed(0)
     config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
-                              num_scalars=8, num_vectors=2, num_layers=1)
+                              num_scalars=8, num_vectors=2, num_layers=2)
     # small coordinate noise: an untrained model then only moves atoms by hundredths of an Angstrom
     return ScoreModel(config).eval(), ConformerDiffusion(ConformerDiffusionConfig(sigma_pos_min=0.001, sigma_pos_max=0.01))
 

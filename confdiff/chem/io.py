@@ -310,7 +310,15 @@ def _read_stream(stream: IO[str], fmt: str | None, label: str) -> Iterator[MolRe
 
 
 def _looks_like_path(source: str) -> bool:
-    return os.sep in source or any(source.lower().endswith(ext) for ext in (*_EXTENSIONS, ".gz"))
+    """A known file extension, or a path separator in something that is not a SMILES (``/`` and
+    ``\\`` are also the double-bond directions of SMILES, as in ``C/C=C/C``)."""
+    if any(source.lower().endswith(ext) for ext in (*_EXTENSIONS, ".gz")):
+        return True
+    if os.sep not in source:
+        return False
+    token = source.strip().split(None, 1)[0] if source.strip() else ""
+    with rdBase.BlockLogs():
+        return Chem.MolFromSmiles(token, sanitize=False) is None
 
 
 def read_molecules(source: str | os.PathLike, *, fmt: str | None = None) -> Iterator[MolRecord]:

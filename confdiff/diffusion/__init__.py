@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 from .guidance import classifier_free_guidance, classifier_guidance
-from .likelihood import bits_per_dim, dequantize, log_likelihood
+from .likelihood import bits_per_dim, log_likelihood
 from .losses import (
     PARAMETERIZATIONS,
     WEIGHTINGS,
@@ -103,7 +103,6 @@ __all__ += [
     # likelihood
     "log_likelihood",
     "bits_per_dim",
-    "dequantize",
     # guidance
     "classifier_guidance",
     "classifier_free_guidance",

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .samplers import dopri5
 
-__all__ = ["log_likelihood", "bits_per_dim", "dequantize"]
+__all__ = ["log_likelihood", "bits_per_dim"]
 
 
 def _sample_index(space, x: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -141,19 +141,6 @@ def log_likelihood(
         info["log_p_per_probe"] = per_probe
         info["stderr"] = (per_probe.std(-1) / math.sqrt(k)) if k > 1 else torch.full_like(log_p, float("nan"))
     return log_p, info
-
-
-def dequantize(pixels: Tensor, *, n_bins: int = 256, data_range: tuple[float, float] = (-1.0, 1.0),
-               generator=None) -> Tensor:
-    """Uniform dequantisation: integer pixels ``k in {0, ..., n_bins - 1}`` to
-    ``y = lo + (k + u) (hi - lo) / n_bins`` with ``u ~ U[0, 1)`` per element (Theis et al. 2016)."""
-    lo, hi = data_range
-    if not hi > lo:
-        raise ValueError(f"data_range must have hi > lo, got {data_range!r}")
-    k = pixels.to(torch.get_default_dtype() if not pixels.is_floating_point() else pixels.dtype)
-    device = k.device if generator is None else generator.device
-    u = torch.rand(k.shape, generator=generator, dtype=k.dtype, device=device).to(k.device)
-    return lo + (k + u) * ((hi - lo) / n_bins)
 
 
 def bits_per_dim(log_p_nats: Tensor, num_dims, *, n_bins: int = 256, data_scale: float = 2.0) -> Tensor:

@@ -64,6 +64,9 @@ class ScoreModelConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"ScoreModelConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.num_layers < 2:  # the first layer sees 0e inputs only: parity-odd (0o) features need two
+            raise ValueError(f"ScoreModelConfig.num_layers must be >= 2 (torsion scores are identically zero "
+                             f"with one layer), got {self.num_layers!r}")
         if self.edge_feature_dim < 0:
             raise ValueError(f"ScoreModelConfig.edge_feature_dim must be >= 0, got {self.edge_feature_dim!r}")
         if self.num_rbf < 2:

@@ -57,6 +57,13 @@ def test_smiles_string_and_file_with_names(tmp_path):
     assert all(r.ok and r.error is None and not r.warnings for r in records)
 
 
+def test_double_bond_directions_are_smiles_not_paths(tmp_path):
+    [rec] = read_molecules("C/C=C/C trans-butene")
+    assert rec.ok and rec.name == "trans-butene" and Chem.MolToSmiles(rec.mol) == "C/C=C/C"
+    with pytest.raises(MoleculeInputError, match="no such file"):
+        list(read_molecules(str(tmp_path / "missing" / "input")))
+
+
 def test_invalid_smiles_is_reported_and_reading_goes_on(tmp_path):
     path = tmp_path / "in.smi"
     path.write_text("CCO good1\nC1CC broken\nc1cccc1 notkekule\nCCN good2\n")

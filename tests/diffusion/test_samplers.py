@@ -57,7 +57,7 @@ EUCLIDEAN_CASES = {
     "heun": (VPLinear(), 30, "uniform", 1e-3, {}),
     "rk45": (VPLinear(), 1, "uniform", 1e-3, {"rtol": 1e-4, "atol": 1e-4}),
     # Song & Ermon's NCSN setting: VE levels, a_i = step_lr (sigma_i / sigma_L)^2
-    "annealed_langevin": (VEGeometric(0.1, 5.0), 99, "log_snr", 0.0, {"step_lr": 3e-3, "n_steps_each": 10}),
+    "annealed_langevin": (VEGeometric(0.1, 5.0), 99, "log_snr", 0.0, {"step_scale": 0.3, "n_steps_each": 10}),
 }
 
 
@@ -99,7 +99,7 @@ TORUS_CASES = {
     "rk45": (TORUS_MIXTURE, _VE_TORUS, 1, 1.0, {"rtol": 1e-4, "atol": 1e-4}),
     # levels from sigma = 2.5 (the uniform prior is already close) down to 0.1
     "annealed_langevin": (TORUS_MIXTURE_EQUAL, _VE_TORUS_ALD, 49, math.log(25.0) / math.log(20 * math.pi),
-                          {"step_lr": 4e-3, "n_steps_each": 10}),
+                          {"step_scale": 0.4, "n_steps_each": 10}),
 }
 
 

@@ -183,7 +183,7 @@ def test_config_round_trip_and_validation():
     config = dataclasses.replace(SMALL, cutoff=4.5)
     assert ScoreModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="num_layers"):
-        ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_layers=0)
+        ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_layers=1)
     with pytest.raises(ValueError, match="sigma_embed_dim"):
         ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, sigma_embed_dim=3)
     with pytest.raises(ValueError, match="unknown"):
