@@ -28,6 +28,8 @@ from .samplers import dopri5
 
 __all__ = ["log_likelihood", "bits_per_dim"]
 
+_PROBE_CHUNK = 64  # probes per vmapped backward pass (memory grows with it)
+
 
 def _sample_index(space, x: Tensor) -> tuple[Tensor, Tensor, int]:
     """For every element of ``x``: its sample and its rank among that sample's elements.
@@ -115,14 +117,28 @@ def log_likelihood(
         draw = space.noise if probe == "gaussian" else (lambda y, g: _rademacher(space, y, g))
         probes = [draw(x, generator) for _ in range(int(num_probes))]
 
+    batched = [True]  # vmapped backward passes until an operation does not support them
+
+    def quadratic_forms(drift: Tensor, y: Tensor) -> list[Tensor]:
+        """``v^T (dF/dy) v`` per sample for every probe ``v``: vector-Jacobian products of up to
+        ``_PROBE_CHUNK`` probes in one vmapped backward pass (several times faster than a loop)."""
+        if batched[0]:
+            try:
+                terms = []
+                for start in range(0, len(probes), _PROBE_CHUNK):
+                    chunk = torch.stack(probes[start : start + _PROBE_CHUNK])
+                    (vjps,) = torch.autograd.grad(drift, y, chunk, retain_graph=True, is_grads_batched=True)
+                    terms += [space.sum(vjp * v) for vjp, v in zip(vjps, chunk)]
+                return terms
+            except RuntimeError:  # an op without a batching rule: one backward pass per probe
+                batched[0] = False
+        return [space.sum(torch.autograd.grad(drift, y, v, retain_graph=True)[0] * v) for v in probes]
+
     def fn(y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             drift = sde.ode_drift(y, t, score_fn(y, t))
-            terms = []
-            for i, v in enumerate(probes):
-                (vjp,) = torch.autograd.grad(drift, y, v, retain_graph=i < len(probes) - 1)
-                terms.append(space.sum(vjp * v))  # v^T (dF/dx) v per sample
+            terms = quadratic_forms(drift, y)
         terms = torch.stack(terms, -1).detach()  # (B, R)
         if divergence == "exact":
             terms = terms.sum(-1, keepdim=True)  # trace = sum over the unit vectors
