@@ -226,11 +226,13 @@ class StereoCheck:
         volume = np.einsum("kci,kci->kc", v[:, :, 0], np.cross(v[:, :, 1], v[:, :, 2]))
         a, b, cc, d = (pos[:, self.bonds[:, k]] for k in range(4))  # (K, D, 3) each
         axis = cc - b
-        axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+        length = np.linalg.norm(axis, axis=-1, keepdims=True)
+        axis = axis / np.maximum(length, 1e-12)
         side_a, side_d = a - b, d - cc
         side_a = side_a - (side_a * axis).sum(-1, keepdims=True) * axis
         side_d = side_d - (side_d * axis).sum(-1, keepdims=True) * axis
-        values = np.concatenate([volume, (side_a * side_d).sum(-1)], axis=1)
+        sides = (side_a * side_d).sum(-1) * (length[..., 0] > 1e-6)  # coincident double-bond atoms: flat
+        values = np.concatenate([volume, sides], axis=1)
         return (np.sign(values) * (np.abs(values) > _VOLUME_TOL)).astype(np.int8)
 
     def matches_input(self, pos: np.ndarray) -> np.ndarray:

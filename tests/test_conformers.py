@@ -108,6 +108,18 @@ def test_stereo_check_sees_a_swapped_double_bond():
     assert not StereoCheck.from_mol(e_mol).matches_input(z_mol.GetConformer().GetPositions()[None]).any()
 
 
+def test_collapsed_atoms_count_as_flat_without_warnings():
+    mol = Chem.AddHs(Chem.MolFromSmiles("F/C=C/[C@H](Cl)O"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    pos = mol.GetConformer().GetPositions()[None].copy()
+    pos[0, 2] = pos[0, 1]  # the two double-bond carbons on top of each other
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        signs = StereoCheck.from_mol(mol).signs(pos)
+    assert signs[0, -1] == 0  # the double bond is flat, the centre still has a sign
+    assert not StereoCheck.from_mol(mol).matches_input(pos).any()
+
+
 class _ScramblingModel(torch.nn.Module):
     """Zero torsion scores and huge position scores: the coordinate part then scrambles the atoms."""
 
