@@ -19,6 +19,7 @@ import gzip
 import json
 import math
 import multiprocessing
+import resource
 import sys
 import time
 from collections import Counter
@@ -215,8 +216,14 @@ class _Outcome:
     error: str | None
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (xtb runs as one)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def _run_job(job: _Job) -> _Outcome:
-    start = time.process_time()
+    start = _cpu_seconds()
     cpu_s, num_generated = None, 0
     try:
         if job.method in CONFDIFF_METHODS:
@@ -226,7 +233,7 @@ def _run_job(job: _Job) -> _Outcome:
         elif job.generated is None:
             generated = METHODS[job.method](Chem.Mol(job.template), job.num_confs, job.seed)
         if job.generated is None:
-            cpu_s = time.process_time() - start
+            cpu_s = _cpu_seconds() - start
             num_generated = generated.GetNumConformers()
         else:
             generated, num_generated = job.generated, sum(m.GetNumConformers() for m in job.generated)

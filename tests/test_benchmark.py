@@ -123,3 +123,11 @@ def test_etkdg_gfn2_optimises_every_conformer(reference):
     assert after.GetNumConformers() == 2
     moved = [abs(a.GetPositions() - b.GetPositions()).max() for a, b in zip(before.GetConformers(), after.GetConformers())]
     assert min(moved) > 1e-3  # optimised, not the ETKDG geometry
+
+
+def test_cpu_time_counts_child_processes():
+    """xtb runs as a child process: its CPU time belongs to the method that called it."""
+    start = benchmark._cpu_seconds()
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    assert benchmark._cpu_seconds() - start >= 0.25
