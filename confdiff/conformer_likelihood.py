@@ -99,7 +99,8 @@ def likelihood(
     Parameters
     ----------
     mol : molecule with 3D conformers; implicit hydrogens are placed by RDKit (``addCoords``).
-    model : ``(ScoreModel, ConformerDiffusion)``, a checkpoint path, or None for the shipped model.
+    model : ``(ScoreModel, ConformerDiffusion)``, a checkpoint path, or None for the shipped model
+        of ``mode``.
         The ODE runs in the model's dtype and on its device.
     divergence : ``"exact"``, ``"hutchinson"`` (``HUTCHINSON_PROBES`` Rademacher probes, the same
         for every conformer, so the error from the isotropic part of the Jacobian cancels between
@@ -119,7 +120,7 @@ def likelihood(
     """
     if divergence not in (None, "exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or None, got {divergence!r}")
-    score_model, diffusion = model if isinstance(model, tuple) else load_model(model)
+    score_model, diffusion = model if isinstance(model, tuple) else load_model(model, mode=mode)
     diffusion.check_mode(mode)
     ids = [c.GetId() for c in mol.GetConformers()] if conf_ids is None else [int(c) for c in conf_ids]
     if not ids:

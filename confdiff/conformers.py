@@ -96,18 +96,27 @@ class GenerationResult:
 
 # --- the model --------------------------------------------------------------------------------------
 
-def default_model_path() -> Path:
-    """The shipped default checkpoint (package data)."""
-    return Path(str(resources.files("confdiff") / "weights" / "conformer_model.pt"))
+#: the shipped checkpoint of each mode (package data): the refine model was trained for the
+#: refine path only; the full one was fine-tuned from it for all three modes (docs/benchmarks.md)
+DEFAULT_MODEL_FILES = {"refine": "conformer_model.pt", "torsions": "conformer_model.pt",
+                       "full": "conformer_model_full.pt"}
 
 
-def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"):
-    """``(ScoreModel, ConformerDiffusion)`` from a checkpoint (the shipped default when ``path`` is None).
+def default_model_path(mode: str = "refine") -> Path:
+    """The shipped default checkpoint for ``mode`` (package data)."""
+    if mode not in DEFAULT_MODEL_FILES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    return Path(str(resources.files("confdiff") / "weights" / DEFAULT_MODEL_FILES[mode]))
+
+
+def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", mode: str = "refine"):
+    """``(ScoreModel, ConformerDiffusion)`` from a checkpoint (the shipped default for ``mode`` when
+    ``path`` is None).
 
     Reads a trainer checkpoint or the release file of ``confdiff.train_conformers.export_release``;
     both hold ``kind``, ``model_config = {"model": ..., "diffusion": ...}`` and the EMA weights.
     """
-    path = default_model_path() if path in (None, DEFAULT_MODEL) else Path(path)
+    path = default_model_path(mode) if path in (None, DEFAULT_MODEL) else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no model checkpoint at {path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
@@ -125,9 +134,9 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_model(path: str | None, device: str):
-    """``load_model`` once per (path, device) for the one-call ``generate()``."""
-    return load_model(path, device=device)
+def _cached_model(path: str | None, device: str, mode: str):
+    """``load_model`` once per (path, device, mode) for the one-call ``generate()``."""
+    return load_model(path, device=device, mode=mode)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -306,8 +315,8 @@ class _Job:
 class ConformerGenerator:
     """Generate conformer ensembles with one loaded score model.
 
-    model : path to a checkpoint, ``"default"`` / None for the shipped model, or an already built
-        ``(ScoreModel, ConformerDiffusion)`` pair.
+    model : path to a checkpoint, ``"default"`` / None for the shipped model of ``mode``, or an
+        already built ``(ScoreModel, ConformerDiffusion)`` pair.
     device : ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None (CUDA when available).
     steps : reverse-diffusion steps (None: ``DEFAULT_STEPS[mode]``); sampler : a name in
         ``confdiff.diffusion.samplers.SAMPLERS``.
@@ -363,7 +372,7 @@ class ConformerGenerator:
             self.model, self.diffusion = model
             self.model.to(self.device).eval()
         else:
-            self.model, self.diffusion = load_model(model, device=self.device)
+            self.model, self.diffusion = load_model(model, device=self.device, mode=mode)
         self.diffusion.check_mode(mode)
         self.steps = steps
         self.sampler = sampler
@@ -655,6 +664,6 @@ def generate(
     The model is loaded once per (model, device) and kept; see ``ConformerGenerator`` for the options.
     """
     device = _resolve_device(device)
-    loaded = _cached_model(None if model is None else str(model), str(device))
+    loaded = _cached_model(None if model is None else str(model), str(device), mode)
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode)
     return generator.generate(mol_or_smiles, n, seed=seed)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model = load_model(args.model, device=device)
+        model = load_model(args.model, device=device, mode=args.mode)
         model[1].check_mode(args.mode)
     except (FileNotFoundError, ValueError) as err:
         print(f"confdiff score: {err}", file=sys.stderr)

@@ -299,6 +299,14 @@ def test_full_mode_needs_a_model_trained_for_it(model):
         ConformerGenerator(model, device="cpu", mode="fast")
 
 
+def test_the_shipped_models_serve_every_mode():
+    refine, full = load_model(), load_model(mode="full")
+    assert refine[1].config.full_fraction == 0 and full[1].config.full_fraction > 0
+    assert full[0].config.centre_vector
+    mol = confdiff.generate("CC(=O)Nc1ccc(O)cc1", n=3, seed=0, steps=5, mode="full", device="cpu")
+    assert 1 <= mol.GetNumConformers() <= 3
+
+
 def test_generate_api(tmp_path):
     path = save_tiny_model(tmp_path / "tiny.pt")
     assert {"generate", "ConformerGenerator", "GenerationError", "load_model"} <= set(confdiff.__all__)

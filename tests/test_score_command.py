@@ -52,7 +52,7 @@ def fake_likelihood(monkeypatch):
     def fake(mol, model, **kwargs):
         return [float(c.GetAtomPosition(0).x) for c in mol.GetConformers()]
 
-    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, device=None: ("model", ConformerDiffusion()))
+    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, **kwargs: ("model", ConformerDiffusion()))
     monkeypatch.setattr(confdiff.conformer_likelihood, "likelihood", fake)
 
 
