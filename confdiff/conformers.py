@@ -12,9 +12,10 @@ seed's with the input's; a conformer that breaks it is fixed by dropping its coo
 (the torsion changes alone are rigid rotations, which cannot change a configuration).
 
 In the ``"full"`` mode (``conformer_diffusion.MODES``) there are no seeds: every coordinate comes
-from the prior, and a conformer whose specified configurations are all inverted is mirrored (a
-reflection inverts every tetrahedral centre and keeps double bonds); one with some, but not all,
-inverted is dropped with a warning.
+from the prior. ``FULL_MODE_DRAWS * n`` conformers are drawn; one whose specified configurations
+are all inverted is mirrored (a reflection inverts every tetrahedral centre and keeps double
+bonds), one with some, but not all, inverted is not used, and the first ``n`` usable ones are kept
+(``conformer_index`` is the draw's index; fewer than ``n`` with a warning).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion 
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
 _VOLUME_TOL = 0.1  # A^3 (A^2 for double bonds): smaller counts as flat, i.e. broken (RDKit's ZERO_VOLUME_TOL)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
+FULL_MODE_DRAWS = 2  # the full mode draws this many conformers per one asked for, and keeps the first usable
 
 
 class GenerationError(RuntimeError):
@@ -463,7 +465,8 @@ class ConformerGenerator:
 
     def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
         """Sample the jobs of ``pack`` together and yield every result of the pack in order."""
-        samples = self._sample_all([item for item in pack if isinstance(item, _Job)], n, seed)
+        draws = FULL_MODE_DRAWS * n if self.mode == "full" else n
+        samples = self._sample_all([item for item in pack if isinstance(item, _Job)], draws, seed)
         for item in pack:
             if isinstance(item, GenerationResult):
                 yield item
@@ -472,7 +475,7 @@ class ConformerGenerator:
                 outcome = samples[id(item)]
                 if isinstance(outcome, Exception):
                     raise outcome
-                yield self._finish(item, *outcome, seed)
+                yield self._finish(item, *outcome, seed, n)
             except _MOLECULE_ERRORS as err:
                 yield _failure(item.index, item.name, err)
 
@@ -529,11 +532,11 @@ class ConformerGenerator:
     def _seed_of(self, job: _Job, i: int) -> int:
         return (i // self.conformers_per_seed) % len(job.seeds)
 
-    def _finish(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, seed: int) -> GenerationResult:
+    def _finish(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, seed: int, n: int) -> GenerationResult:
         """Stereo fix, then relaxation, energy window and pruning; the conformers as one ``Mol``."""
         notes = list(job.warnings)
         if self.mode == "full":
-            pos = self._fix_full(job, pos, notes)
+            pos = self._fix_full(job, pos, notes, n)
         else:
             pos = self._fix_refined(job, pos, rigid, notes)
         out = Chem.Mol(job.mol)
@@ -563,21 +566,23 @@ class ConformerGenerator:
                          f"by over {MAX_BOND_STRETCH} A; their coordinate refinement was dropped (torsion changes kept)")
         return dict(enumerate(pos))
 
-    def _fix_full(self, job: _Job, pos: np.ndarray, notes: list[str]) -> dict[int, np.ndarray]:
-        """Full-coordinate conformers ``pos (n, N, 3)`` (zero CoM) with every specified configuration
-        inverted are mirrored; those with some inverted, or a specified centre flat, are dropped."""
+    def _fix_full(self, job: _Job, pos: np.ndarray, notes: list[str], n: int) -> dict[int, np.ndarray]:
+        """The first ``n`` usable of the full-coordinate draws ``pos (D, N, 3)`` (zero CoM): a draw
+        with every specified configuration inverted is mirrored; one with some inverted, or a
+        specified centre flat, is not used."""
         good = job.check.matches_input(pos)
         mirrored = ~good & job.check.matches_input(-pos)
         pos = np.where(mirrored[:, None, None], -pos, pos)
         if mirrored.any():
-            notes.append(f"{int(mirrored.sum())} of {len(pos)} conformers came out as the mirror image and were reflected")
+            notes.append(f"{int(mirrored.sum())} of {len(pos)} draws came out as the mirror image and were reflected")
         kept = good | mirrored
         if not kept.any():
             raise GenerationError(job.name, "no full-coordinate conformer has the input's stereochemistry")
-        if not kept.all():
-            notes.append(f"{int((~kept).sum())} of {len(pos)} conformers had a configuration that differs from "
-                         "the input's (not a mirror image) and were dropped")
-        return {i: xyz for i, (xyz, ok) in enumerate(zip(pos, kept)) if ok}
+        used = np.flatnonzero(kept)[:n]
+        if len(used) < n:
+            notes.append(f"only {len(used)} of {len(pos)} draws had the input's configurations (or their mirror "
+                         f"image): {len(used)} conformers instead of {n}")
+        return {int(i): pos[i] for i in used}
 
     def _relax(self, mol: Chem.Mol, job: _Job, notes: list[str]) -> None:
         """Relax every conformer in place, store ``energy``; drop conformers whose configuration the

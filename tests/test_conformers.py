@@ -292,6 +292,33 @@ def test_full_mode_mirrors_enantiomers_and_drops_other_stereoisomers():
     assert not result.ok and "no full-coordinate conformer has the input's stereochemistry" in result.error
 
 
+class _AlternatingOracle(torch.nn.Module):
+    """Even graphs of a batch (draws 0, 2, ...) sample CHIRAL's conformer, odd ones a diastereomer's."""
+
+    def __init__(self, good: GaussianConformer, bad: GaussianConformer):
+        super().__init__()
+        self.good, self.bad = good, bad
+
+    def forward(self, batch):
+        tor, good = self.good(batch)
+        _, bad = self.bad(batch)
+        odd = (batch.batch % 2 == 1)[:, None]
+        return tor, torch.where(odd, bad, good)
+
+
+def test_full_mode_keeps_the_first_n_usable_draws(monkeypatch):
+    (good, diffusion), (bad, _) = gaussian_oracle(CHIRAL), gaussian_oracle("C[C@@H](N)[C@@H](C)O")
+    gen = ConformerGenerator((_AlternatingOracle(good, bad), diffusion), device="cpu", mode="full", steps=50)
+    result = next(gen.generate_many([CHIRAL], n=3, seed=0))
+    assert result.ok and not result.warnings
+    assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 4]
+    result = next(gen.generate_many([CHIRAL], n=4, seed=0))
+    assert result.mol.GetNumConformers() == 4  # draws 0..7: four usable
+    monkeypatch.setattr(confdiff.conformers, "FULL_MODE_DRAWS", 1)
+    result = next(gen.generate_many([CHIRAL], n=4, seed=0))
+    assert result.mol.GetNumConformers() == 2 and any("2 conformers instead of 4" in w for w in result.warnings)
+
+
 def test_full_mode_needs_a_model_trained_for_it(model):
     with pytest.raises(ValueError, match="not trained for the full-coordinate mode"):
         ConformerGenerator(model, device="cpu", mode="full")
