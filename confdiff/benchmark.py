@@ -44,6 +44,7 @@ __all__ = [
     "generate_etkdg",
     "generate_etkdg_gfn2",
     "generate_etkdg_mmff",
+    "generate_method",
     "run",
 ]
 
@@ -142,6 +143,14 @@ CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model: str | None = None) -> Chem.Mol:
+    """Conformers of ``mol`` from the method named ``method`` (``model``: the confdiff methods' checkpoint)."""
+    if method in CONFDIFF_METHODS:
+        mode, relax = CONFDIFF_METHODS[method]
+        return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax)
+    return METHODS[method](mol, num_confs, seed)
+
+
 # --- reading ------------------------------------------------------------------------------------
 # Reference files are read as they are (no salt stripping or other input policy of
 # confdiff.chem.io.read_molecules): the metric must see exactly the published records.
@@ -226,13 +235,8 @@ def _run_job(job: _Job) -> _Outcome:
     start = _cpu_seconds()
     cpu_s, num_generated = None, 0
     try:
-        if job.method in CONFDIFF_METHODS:
-            mode, relax = CONFDIFF_METHODS[job.method]
-            generated = generate_confdiff(Chem.Mol(job.template), job.num_confs, job.seed,
-                                          model=job.model, mode=mode, relax=relax)
-        elif job.generated is None:
-            generated = METHODS[job.method](Chem.Mol(job.template), job.num_confs, job.seed)
         if job.generated is None:
+            generated = generate_method(job.method, Chem.Mol(job.template), job.num_confs, job.seed, job.model)
             cpu_s = _cpu_seconds() - start
             num_generated = generated.GetNumConformers()
         else:

@@ -122,15 +122,18 @@ class ConformerDiffusion:
         pos = apply_torsion_changes(pos_ref, batch, parts[0]) if has_tor else pos_ref
         return pos + parts[-1] if has_pos else pos
 
-    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: str = "refine"):
-        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in
-        ``mode`` (the smallest level for a part that does not diffuse)."""
+    def sigmas(self, t: Tensor, mode: str = "refine") -> tuple[Tensor, Tensor]:
+        """``(sigma_tor, sigma_pos)`` at times ``t`` in ``mode``; a part that does not diffuse in
+        ``mode`` stays at its smallest level."""
         zero = torch.zeros_like(t)
+        schedule = self.full_schedule if mode == "full" else self.pos_schedule
+        return self.tor_schedule.sigma(zero if mode == "full" else t), schedule.sigma(zero if mode == "torsions" else t)
+
+    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: str = "refine"):
+        """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in ``mode``."""
         noisy = copy.copy(batch)
         noisy.pos = pos
-        noisy.sigma_tor = self.tor_schedule.sigma(zero if mode == "full" else t)
-        schedule = self.full_schedule if mode == "full" else self.pos_schedule
-        noisy.sigma_pos = schedule.sigma(zero if mode == "torsions" else t)
+        noisy.sigma_tor, noisy.sigma_pos = self.sigmas(t, mode)
         return noisy
 
     def score_fn(self, model, batch, pos_ref: Tensor, sde: ProductSDE):
@@ -163,17 +166,18 @@ class ConformerDiffusion:
         tor_space, pos_space = sde.space.spaces
         device, dtype = batch.pos.device, batch.pos.dtype
         t = torch.rand(batch.num_graphs, generator=generator, device=device, dtype=dtype)
-        noisy = self.noisy_batch(batch, batch.pos, t)
+        graph_sigma_tor, sigma_pos = self.sigmas(t)
         if self.config.full_fraction > 0:
             full = torch.rand(batch.num_graphs, generator=generator, device=device) < self.config.full_fraction
-            noisy_full = self.noisy_batch(batch, batch.pos, t, "full")
-            noisy.sigma_tor = torch.where(full, noisy_full.sigma_tor, noisy.sigma_tor)
-            noisy.sigma_pos = torch.where(full, noisy_full.sigma_pos, noisy.sigma_pos)
-        sigma_tor = tor_space.broadcast(noisy.sigma_tor, batch.torsion_index[0].to(dtype))
+            full_tor, full_pos = self.sigmas(t, "full")
+            graph_sigma_tor = torch.where(full, full_tor, graph_sigma_tor)
+            sigma_pos = torch.where(full, full_pos, sigma_pos)
+        sigma_tor = tor_space.broadcast(graph_sigma_tor, batch.torsion_index[0].to(dtype))
         d = sample_wrapped_normal(sigma_tor.shape, sigma_tor, generator=generator)
-        sigma_pos = noisy.sigma_pos
         e = pos_space.noise(batch.pos, generator) * pos_space.broadcast(sigma_pos, batch.pos)
+        noisy = copy.copy(batch)
         noisy.pos = apply_torsion_changes(batch.pos, batch, d) + e
+        noisy.sigma_tor, noisy.sigma_pos = graph_sigma_tor, sigma_pos
         tor_pred, pos_pred = model(noisy)
 
         tor_target = wrapped_normal_score(d, sigma_tor)

@@ -138,8 +138,8 @@ def likelihood(
         size = sde.space.numel // len(ids)
         divergence = "exact" if size <= EXACT_DIVERGENCE_MAX_SIZE else "hutchinson"
 
-    if mode == "full":  # the state is the centred conformer itself
-        y = (pos_ref - pos_ref.view(len(ids), -1, 3).mean(dim=1).repeat_interleave(graph.num_nodes, dim=0)).flatten()
+    if mode == "full":  # the state is the centred conformer itself (projecting onto V removes the CoM)
+        y = sde.space.project(pos_ref.flatten())
         pos_ref = torch.zeros_like(pos_ref)
     else:  # x(0) = x_ref: every conformer at its own chart's origin
         y = pos_ref.new_zeros(sde.space.numel)

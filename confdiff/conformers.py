@@ -40,7 +40,6 @@ from .chem.embed import EmbeddingError, embed_etkdg
 from .chem.featurize import FeaturizationError, MolGraph, featurize
 from .chem.io import MoleculeRejected, check_molecule
 from .chem.relax import RelaxationError, relax_mmff, relax_xtb
-from .chem.torsions import apply_torsion_changes
 from .conformer_diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from .diffusion.samplers import SAMPLERS, time_grid
 from .nn.score_model import ScoreModel, ScoreModelConfig
@@ -509,7 +508,8 @@ class ConformerGenerator:
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
             pos = self.diffusion.positions(sde, batch, pos_ref, y)
-            rigid = pos_ref if self.mode == "full" else apply_torsion_changes(pos_ref, batch, sde.space.split(y)[0])
+            # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
+            rigid = pos - sde.space.split(y)[-1] if self.mode == "refine" else pos
             sizes = batch.ptr.diff().tolist()
             for (job, i), full_i, rigid_i in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
                 out[id(job)][0][i] = full_i.numpy()

@@ -144,6 +144,7 @@ def train_conformer_model(
     out_dir: str | os.PathLike,
     *,
     model_config: ScoreModelConfig | None = None,
+    model_overrides: dict | None = None,
     diffusion_config: ConformerDiffusionConfig | None = None,
     train_config: TrainConfig | None = None,
     resume: bool = False,
@@ -159,8 +160,10 @@ def train_conformer_model(
 
     ``init_from``: start a new run from the (EMA) weights of a checkpoint or release file
     (fine-tuning, e.g. for another ``diffusion_config``), with its model configuration unless
-    ``model_config`` is given; parameters that only ``model_config`` has (an option switched on,
-    such as ``centre_vector``) keep their initial values. Ignored when resuming.
+    ``model_config`` is given; parameters that only the new configuration has (an option switched
+    on, such as ``centre_vector``) keep their initial values. Ignored when resuming.
+    ``model_overrides``: fields changed in the base configuration (the initial model's, else the
+    default) when ``model_config`` is not given.
 
     ``val_fraction`` of the molecules (by SMILES) are held out for the validation loss; the first
     ``eval_molecules`` of them also get the COV-R / MAT-R check (:func:`coverage_evaluator`,
@@ -168,18 +171,17 @@ def train_conformer_model(
     """
     if eval_molecules < 0 or eval_steps < 1:
         raise ValueError(f"need eval_molecules >= 0 and eval_steps >= 1, got {eval_molecules}, {eval_steps}")
+    ckpt = Path(out_dir) / CHECKPOINT_NAME
+    base = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM)
     init_weights = None
-    if init_from is not None and not (resume and (Path(out_dir) / CHECKPOINT_NAME).exists()):
+    if init_from is not None and not (resume and ckpt.exists()):
         init = load_checkpoint(init_from)
         if init.get("kind") != KIND:
             raise ValueError(f"{init_from} holds {init.get('kind')!r}, not a conformer score model")
-        model_config = model_config or ScoreModelConfig.from_dict(init["model_config"]["model"])
-        init_weights = init["ema"]
-    model_config = model_config or ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM,
-                                                    edge_feature_dim=BOND_FEATURE_DIM)
+        base, init_weights = ScoreModelConfig.from_dict(init["model_config"]["model"]), init["ema"]
+    model_config = model_config or dataclasses.replace(base, **(model_overrides or {}))
     diffusion_config = diffusion_config or ConformerDiffusionConfig()
     train_config = train_config or TrainConfig()
-    ckpt = Path(out_dir) / CHECKPOINT_NAME
     if resume and ckpt.exists():  # the saved configuration wins over the command line
         saved = load_checkpoint(ckpt)["model_config"]
         model_config = ScoreModelConfig.from_dict(saved["model"])
@@ -268,22 +270,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreModelConfig)
                  if f.name not in _DATA_FIELDS and getattr(args, f.name) is not None}
-    if args.init_from:  # the initial model's configuration, with the options given here
-        base = ScoreModelConfig.from_dict(load_checkpoint(args.init_from)["model_config"]["model"])
-        model_config = dataclasses.replace(base, **overrides)
-    else:
-        model_config = ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM,
-                                        **overrides)
     diffusion_config = ConformerDiffusionConfig(**{
         f.name: getattr(args, f.name) for f in dataclasses.fields(ConformerDiffusionConfig)
         if getattr(args, f.name) is not None})
     train_config = TrainConfig(lr=args.lr, lr_decay_start=args.lr_decay_start, batch_size=args.batch_size,
-                               max_steps=args.steps,
-                               ema_decay=args.ema_decay, amp=args.amp, device=args.device,
+                               max_steps=args.steps, ema_decay=args.ema_decay, amp=args.amp, device=args.device,
                                checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                                num_workers=args.num_workers, seed=args.seed)
-    train_conformer_model(args.data, args.out, model_config=model_config, diffusion_config=diffusion_config,
-                          train_config=train_config, init_from=args.init_from, resume=args.resume, cache_dir=args.cache_dir, max_atoms=args.max_atoms,
+    train_conformer_model(args.data, args.out, model_overrides=overrides, diffusion_config=diffusion_config,
+                          train_config=train_config, init_from=args.init_from, resume=args.resume,
+                          cache_dir=args.cache_dir, max_atoms=args.max_atoms,
                           val_fraction=args.val_fraction, eval_molecules=args.eval_molecules,
                           eval_steps=args.eval_steps, progress=not args.no_progress)
     if args.export and int(os.environ.get("RANK", "0")) == 0:

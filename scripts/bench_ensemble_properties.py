@@ -48,13 +48,6 @@ def reference_properties(records: list[Chem.Mol]):
                                               r.GetDoubleProp("homo_lumo_gap")) for r in records])
 
 
-def generate(method: str, template: Chem.Mol, num: int, seed: int, model: str | None) -> Chem.Mol:
-    if method in benchmark.CONFDIFF_METHODS:
-        mode, relax = benchmark.CONFDIFF_METHODS[method]
-        return benchmark.generate_confdiff(template, num, seed, model=model, mode=mode, relax=relax)
-    return benchmark.METHODS[method](template, num, seed)
-
-
 def run_one(job: tuple) -> tuple:
     """(method, mol_id, EnsembleProperties or None, error) for one molecule and method."""
     import torch
@@ -62,7 +55,7 @@ def run_one(job: tuple) -> tuple:
     torch.set_num_threads(1)
     method, mol_id, molblock, num, seed, model = job
     try:
-        mol = generate(method, Chem.MolFromMolBlock(molblock, removeHs=False), num, seed, model)
+        mol = benchmark.generate_method(method, Chem.MolFromMolBlock(molblock, removeHs=False), num, seed, model)
         props = conformer_properties(mol, relax=True)
         if not props:
             return method, mol_id, None, "no conformer could be optimised"

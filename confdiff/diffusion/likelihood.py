@@ -117,12 +117,13 @@ def log_likelihood(
         draw = space.noise if probe == "gaussian" else (lambda y, g: _rademacher(space, y, g))
         probes = [draw(x, generator) for _ in range(int(num_probes))]
 
-    batched = [True]  # vmapped backward passes until an operation does not support them
+    batched = True  # vmapped backward passes until an operation turns out to have no batching rule
 
     def quadratic_forms(drift: Tensor, y: Tensor) -> list[Tensor]:
         """``v^T (dF/dy) v`` per sample for every probe ``v``: vector-Jacobian products of up to
         ``_PROBE_CHUNK`` probes in one vmapped backward pass (several times faster than a loop)."""
-        if batched[0]:
+        nonlocal batched
+        if batched:
             try:
                 terms = []
                 for start in range(0, len(probes), _PROBE_CHUNK):
@@ -130,8 +131,8 @@ def log_likelihood(
                     (vjps,) = torch.autograd.grad(drift, y, chunk, retain_graph=True, is_grads_batched=True)
                     terms += [space.sum(vjp * v) for vjp, v in zip(vjps, chunk)]
                 return terms
-            except RuntimeError:  # an op without a batching rule: one backward pass per probe
-                batched[0] = False
+            except RuntimeError:  # one backward pass per probe from now on
+                batched = False
         return [space.sum(torch.autograd.grad(drift, y, v, retain_graph=True)[0] * v) for v in probes]
 
     def fn(y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
