@@ -153,11 +153,19 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class _SkipSampler(Sampler):
-    """The indices of a ``DistributedSampler`` epoch, from position ``start`` on (for resume)."""
+class _EpochSampler(Sampler):
+    """The indices of a ``DistributedSampler`` epoch from position ``start`` on (resume mid-epoch).
 
-    def __init__(self, base: DistributedSampler, start: int):
-        self.base, self.start = base, start
+    ``set_epoch`` before each pass: one sampler serves a loader whose worker processes persist
+    across epochs (the indices are drawn in the main process when the pass starts).
+    """
+
+    def __init__(self, base: DistributedSampler):
+        self.base, self.start = base, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.base.set_epoch(epoch)
+        self.start = start
 
     def __iter__(self):
         return iter(list(self.base)[self.start :])
@@ -254,17 +262,18 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _loader(self, dataset: Dataset, *, epoch: int, start: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+        """This rank's batches; ``loader.sampler.set_epoch(epoch, start)`` picks the pass."""
         sampler = DistributedSampler(
             dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=self.config.seed
         )
-        sampler.set_epoch(epoch)
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
-            sampler=_SkipSampler(sampler, start * self.config.batch_size),
+            sampler=_EpochSampler(sampler),
             collate_fn=self.collate_fn,
             num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             pin_memory=self.device.type == "cuda",
         )
 
@@ -382,7 +391,7 @@ class Trainer:
             fork_devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices=fork_devices):
                 torch.manual_seed(self.config.seed + 12345)
-                for batch in self._loader(self.val_dataset, epoch=0, start=0, shuffle=False):
+                for batch in self._loader(self.val_dataset, shuffle=False):
                     losses = self.loss_fn(self.ema, _to_device(batch, self.device), generator)
                     total += losses.float().sum().item()
                     count += losses.numel()
@@ -406,11 +415,12 @@ class Trainer:
         record: dict = {}
         run_total, run_count, t0 = 0.0, 0, time.time()
         finished = False
+        loader = self._loader(self.train_dataset, shuffle=True)
         try:
             while self.step < total_steps:
                 if self.batch_in_epoch >= per_epoch:
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                loader = self._loader(self.train_dataset, epoch=self.epoch, start=self.batch_in_epoch, shuffle=True)
+                loader.sampler.set_epoch(self.epoch, self.batch_in_epoch * cfg.batch_size)
                 for batch in loader:
                     losses = self._train_step(_to_device(batch, self.device))
                     self.batch_in_epoch += 1

@@ -216,3 +216,17 @@ def test_ddp_two_processes_on_gloo_end_identical(tmp_path):
     assert [r.get("event") for r in records].count("start") == 1
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert records[0]["world_size"] == 2 and load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 6
+
+
+def test_persistent_loader_workers_train_exactly_as_the_main_process(tmp_path):
+    """Worker processes live across epochs; the batches and hence the weights do not change."""
+    weights = []
+    for workers in (0, 2):
+        model, data = make_problem()
+        trainer = Trainer(model, loss_fn, data, config=_config(max_steps=40, num_workers=workers),
+                          out_dir=tmp_path / str(workers), model_config={}, kind="toy", progress=False)
+        trainer.fit()
+        assert trainer.epoch >= 2  # several passes over the data
+        weights.append([p.detach().clone() for p in trainer.model.parameters()])
+    for a, b in zip(*weights):
+        assert torch.equal(a, b)

@@ -57,8 +57,8 @@ def assert_equivariant(
     errors: dict[str, float] = {}
     for _ in range(trials):
         for improper in (False, True) if parity else (False,):
-            rotation = random_orthogonal(generator, dtype, improper)
-            translation = 10 * torch.randn(3, generator=generator, dtype=torch.float64).to(dtype)
+            rotation = random_orthogonal(generator, dtype, improper).to(batch.pos.device)
+            translation = (10 * torch.randn(3, generator=generator, dtype=torch.float64)).to(batch.pos)
             suffix = ", improper" if improper else ""
             for key, value in zip(("torsion", "vectors"), equivariance_errors(fn, batch, rotation, translation)):
                 errors[key + suffix] = max(errors.get(key + suffix, 0.0), value)
