@@ -259,13 +259,22 @@ def _one_thread() -> None:
 
 
 def _run_jobs(jobs: list[_Job], num_workers: int) -> list[_Outcome]:
+    from tqdm import tqdm
+
     jobs = sorted(jobs, key=lambda j: -j.cost)  # largest first, for load balance
+    bar = tqdm(total=len(jobs), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True)
+    outcomes = []
     if num_workers <= 1:
         _one_thread()
-        outcomes = [_run_job(job) for job in jobs]
+        for job in jobs:
+            outcomes.append(_run_job(job))
+            bar.update(1)
     else:
         with multiprocessing.get_context().Pool(num_workers, initializer=_one_thread) as pool:
-            outcomes = list(pool.imap_unordered(_run_job, jobs, chunksize=1))
+            for outcome in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                outcomes.append(outcome)
+                bar.update(1)
+    bar.close()
     failed: dict[tuple[str, str], list[str]] = {}
     for o in outcomes:
         if o.error:
