@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -60,12 +61,13 @@ def score_model_rate(device: str, size: int, amp: bool, repeats: int) -> float:
     return size / best
 
 
-def training_rate(data: list[str], device: str, batch_size: int, steps: int, amp: str, workers: int) -> float:
+def training_rate(data: list[str], cache: str, device: str, batch_size: int, steps: int, amp: str,
+                  workers: int) -> float:
     """Optimiser steps per second of the conformer trainer over ``steps`` steps after 5 warm-up steps."""
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(batch_size=batch_size, max_steps=5, device=device, amp=amp, num_workers=workers,
                              log_every=10**9, checkpoint_every=10**9, eval_every=10**9)
-        kwargs = dict(cache_dir=os.path.join(data[0], "bench_cache"), val_fraction=0.0, eval_molecules=0,
+        kwargs = dict(cache_dir=cache, val_fraction=0.0, eval_molecules=0,
                       progress=False)
         train_conformer_model(data, out, train_config=config, **kwargs)
         config = dataclasses.replace(config, max_steps=5 + steps)
@@ -116,7 +118,8 @@ def main() -> None:
     info = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     print(json.dumps(info))
-    ConformerDataset(args.data, cache_dir=os.path.join(args.data[0], "bench_cache"))  # featurise once
+    cache = tempfile.mkdtemp(prefix="bench_gpu_cache_")
+    ConformerDataset(args.data, cache_dir=cache)  # featurise once, before any clock starts
     rows = []
 
     def record(what: str, **values) -> None:
@@ -129,14 +132,15 @@ def main() -> None:
             rates["cuda_bf16"] = score_model_rate("cuda", size, True, 3)
         record(f"score model fwd+bwd, batch {size}, conformers/s", **rates)
     for batch_size in [32] if args.quick else [32, 128]:
-        rates = {d: training_rate(args.data, d, batch_size, steps, "none", 0) for d in devices
+        rates = {d: training_rate(args.data, cache, d, batch_size, steps, "none", 0) for d in devices
                  if d == "cuda" or batch_size == 32}
         if "cuda" in devices:
-            rates["cuda_bf16"] = training_rate(args.data, "cuda", batch_size, steps, "bf16", 0)
-            rates["cuda_bf16_workers"] = training_rate(args.data, "cuda", batch_size, steps, "bf16", args.workers)
+            rates["cuda_bf16"] = training_rate(args.data, cache, "cuda", batch_size, steps, "bf16", 0)
+            rates["cuda_bf16_workers"] = training_rate(args.data, cache, "cuda", batch_size, steps, "bf16", args.workers)
         record(f"training, batch {batch_size}, steps/s", **rates)
     for n in ns:
         record(f"generation, 7 molecules x {n}", **{d: generation_rate(d, n, args.workers) for d in devices})
+    shutil.rmtree(cache, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
 
