@@ -12,13 +12,13 @@ import torch
 from nn.equivariance import assert_equivariant
 from rdkit import Chem
 from rdkit.Chem import AllChem
+from test_train_conformers import TINY, embedded, write_ensemble
 from torch_geometric.data import Batch
 
-from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
+from confdiff.chem.featurize import featurize
 from confdiff.conformer_likelihood import likelihood
 from confdiff.conformers import ConformerGenerator, load_model
 from confdiff.images import ImageModel, load_dataset, pf_ode_bits_per_dim, sample_images, train_image_model
-from confdiff.nn.score_model import ScoreModelConfig
 from confdiff.nn.unet import UNetConfig
 from confdiff.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_checkpoint
 from confdiff.train_conformers import train_conformer_model
@@ -87,20 +87,12 @@ def test_conformer_training_on_cuda_lowers_the_loss_and_resumes(tmp_path, amp):
     data = tmp_path / "data"
     data.mkdir()
     for i, smiles in enumerate(SMILES + ["CCOC(C)=O", "OCCc1ccccc1"]):
-        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
-        AllChem.EmbedMultipleConfs(mol, 4, randomSeed=i + 1)
-        with Chem.SDWriter(str(data / f"mol{i}.sdf")) as writer:
-            for conf in mol.GetConformers():
-                record = Chem.Mol(mol, confId=conf.GetId())
-                record.SetProp("mol_id", str(i))
-                writer.write(record)
-    tiny = ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=8, num_vectors=2, num_layers=2,
-                            edge_dim=8, num_rbf=8, sigma_embed_dim=4, max_neighbors=8)
+        write_ensemble(data / f"mol{i}.sdf", embedded(smiles, 4, seed=i + 1), str(i))
 
     def run(out, steps, resume=False):
         config = TrainConfig(lr=1e-2, batch_size=5, max_steps=steps, ema_decay=0.9, log_every=1,
                              checkpoint_every=20, eval_every=20, device="cuda", amp=amp)
-        return train_conformer_model([str(data)], out, model_config=tiny, train_config=config,
+        return train_conformer_model([str(data)], out, model_config=TINY, train_config=config,
                                      cache_dir=str(data / "cache"), val_fraction=0.0, eval_molecules=0,
                                      progress=False, resume=resume)
 
