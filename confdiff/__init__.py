@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "generate": "confdiff.conformers",
-    "ConformerGenerator": "confdiff.conformers",
-    "GenerationError": "confdiff.conformers",
-    "load_model": "confdiff.conformers",
-    "likelihood": "confdiff.conformer_likelihood",
-    "boltzmann_importance_weights": "confdiff.conformer_likelihood",
+    "generate": "confdiff.conformers.generator",
+    "ConformerGenerator": "confdiff.conformers.generator",
+    "GenerationError": "confdiff.conformers.generator",
+    "load_model": "confdiff.conformers.generator",
+    "likelihood": "confdiff.conformers.likelihood",
+    "boltzmann_importance_weights": "confdiff.conformers.likelihood",
 }
 
 __all__ = ["ConformerGenerator", "GenerationError", "__version__", "boltzmann_importance_weights", "generate",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rdkit import Chem
 
-from confdiff import benchmark
+from confdiff.cli import benchmark
 from confdiff.chem.properties import (
     PROPERTY_NAMES,
     XtbProperties,

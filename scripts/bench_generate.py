@@ -78,14 +78,14 @@ def _timed(table: dict, key: str, fn):
 def run_confdiff(args) -> dict:
     import torch
 
-    from confdiff.generate_command import keep_freed_memory
+    from confdiff.cli.generate import keep_freed_memory
 
     torch.set_num_threads(1)
     keep_freed_memory()  # as `confdiff generate` does
-    import confdiff.conformer_diffusion as diffusion_module
+    import confdiff.conformers.diffusion as diffusion_module
     from confdiff import conformers
     from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
-    from confdiff.conformer_diffusion import ConformerDiffusion
+    from confdiff.conformers.diffusion import ConformerDiffusion
     from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
     model = args.model

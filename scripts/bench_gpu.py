@@ -33,10 +33,10 @@ from bench_score_model import SMILES, make_batch  # noqa: E402
 
 from confdiff.chem.data import ConformerDataset  # noqa: E402
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM  # noqa: E402
-from confdiff.conformers import ConformerGenerator, load_model  # noqa: E402
+from confdiff.conformers.generator import ConformerGenerator, load_model  # noqa: E402
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig  # noqa: E402
 from confdiff.train import TrainConfig  # noqa: E402
-from confdiff.train_conformers import train_conformer_model  # noqa: E402
+from confdiff.conformers.training import train_conformer_model  # noqa: E402
 
 
 def sync(device: str) -> None:

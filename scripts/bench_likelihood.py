@@ -18,7 +18,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 import confdiff.diffusion.likelihood as core
-from confdiff.conformer_likelihood import likelihood
+from confdiff.conformers.likelihood import likelihood
 
 
 def main() -> None:

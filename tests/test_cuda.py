@@ -9,19 +9,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from nn.equivariance import assert_equivariant
+from tests.nn.equivariance import assert_equivariant
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from test_train_conformers import TINY, embedded, write_ensemble
+from tests.conformers.test_training import TINY, embedded, write_ensemble
 from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import featurize
-from confdiff.conformer_likelihood import likelihood
-from confdiff.conformers import ConformerGenerator, load_model
+from confdiff.conformers.likelihood import likelihood
+from confdiff.conformers.generator import ConformerGenerator, load_model
 from confdiff.images import ImageModel, load_dataset, pf_ode_bits_per_dim, sample_images, train_image_model
 from confdiff.nn.unet import UNetConfig
 from confdiff.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_checkpoint
-from confdiff.train_conformers import train_conformer_model
+from confdiff.conformers.training import train_conformer_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

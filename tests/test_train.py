@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import TensorDataset
-from train_toy import loss_fn, make_problem
+from tests.train_toy import loss_fn, make_problem
 
 from confdiff.train import (
     CHECKPOINT_NAME,

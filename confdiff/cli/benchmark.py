@@ -31,7 +31,7 @@ import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
-from .chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
+from ..chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
 
 __all__ = [
     "DEFAULT_SEED",
@@ -77,7 +77,7 @@ def generate_etkdg(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 def _relax_gfn2(mol: Chem.Mol) -> Chem.Mol:
     """GFN2-xTB optimisation of every conformer (one thread); conformers xtb cannot optimise are dropped."""
-    from .chem.relax import RelaxationError, XtbNotFoundError, relax_xtb
+    from ..chem.relax import RelaxationError, XtbNotFoundError, relax_xtb
 
     for cid in [c.GetId() for c in mol.GetConformers()]:
         try:
@@ -108,9 +108,9 @@ def generate_etkdg_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 @functools.cache
 def _confdiff_generator(model: str | None, mode: str, relax: str | None):
     try:
-        from .conformers import ConformerGenerator
+        from ..conformers.generator import ConformerGenerator
     except ImportError as exc:
-        raise MethodUnavailable(f"confdiff.conformers.ConformerGenerator is not importable: {exc}") from exc
+        raise MethodUnavailable(f"confdiff.ConformerGenerator is not importable: {exc}") from exc
     try:
         return ConformerGenerator(model, mode=mode, relax=relax)
     except (FileNotFoundError, ValueError) as exc:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .chem.io import (
+from ..chem.io import (
     MoleculeInputError,
     MolRecord,
     SDFWriter,
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
             return usage(f"{out_path} exists; use --resume to complete it or --overwrite to replace it")
     import torch
 
-    from .conformers import ConformerGenerator
+    from ..conformers.generator import ConformerGenerator
 
     keep_freed_memory()
     torch.set_num_threads(args.num_workers)

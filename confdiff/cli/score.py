@@ -2,7 +2,7 @@
 
 Consecutive records with the same name and the same atoms and bonds, in the same order, are the
 conformers of one molecule and are scored together in one graph batch
-(:func:`confdiff.conformer_likelihood.likelihood`, which says which density this is). Every record
+(:func:`confdiff.conformers.likelihood.likelihood`, which says which density this is). Every record
 is written with its input SD properties and ``log_likelihood`` (nats); ``--rank`` orders each
 molecule's conformers from most to least likely and ``--top K`` keeps the ``K`` most likely.
 The exit code is 0 when every record was scored, 1 when some failed (each named on stderr with
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 from rdkit import Chem
 
-from .chem.io import MoleculeInputError, MolRecord, SDFWriter, read_molecules
+from ..chem.io import MoleculeInputError, MolRecord, SDFWriter, read_molecules
 
 __all__ = ["add_arguments", "molecules", "run"]
 
@@ -93,8 +93,8 @@ def _order(log_p: list[float], rank: bool, top: int | None) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .conformer_likelihood import likelihood
-    from .conformers import load_model
+    from ..conformers.likelihood import likelihood
+    from ..conformers.generator import load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:

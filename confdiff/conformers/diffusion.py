@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from .chem.torsions import apply_torsion_changes
-from .diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
-from .diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
+from ..chem.torsions import apply_torsion_changes
+from ..diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
+from ..diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
 
 __all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion"]
 

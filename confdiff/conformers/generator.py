@@ -11,7 +11,7 @@ seed's (a vectorised test of signed volumes and double-bond sides, :class:`Stere
 seed's with the input's; a conformer that breaks it is fixed by dropping its coordinate refinement
 (the torsion changes alone are rigid rotations, which cannot change a configuration).
 
-In the ``"full"`` mode (``conformer_diffusion.MODES``) there are no seeds: every coordinate comes
+In the ``"full"`` mode (``confdiff.conformers.diffusion.MODES``) there are no seeds: every coordinate comes
 from the prior. ``FULL_MODE_DRAWS * n`` conformers are drawn; one whose specified configurations
 are all inverted is mirrored (a reflection inverts every tetrahedral centre and keeps double
 bonds), one with some, but not all, inverted is not used, and the first ``n`` usable ones are kept
@@ -36,13 +36,13 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import rdMolAlign
 from torch_geometric.data import Batch
 
-from .chem.embed import EmbeddingError, embed_etkdg
-from .chem.featurize import FeaturizationError, MolGraph, featurize
-from .chem.io import MoleculeRejected, check_molecule
-from .chem.relax import RelaxationError, relax_mmff, relax_xtb
-from .conformer_diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
-from .diffusion.samplers import SAMPLERS, time_grid
-from .nn.score_model import ScoreModel, ScoreModelConfig
+from ..chem.embed import EmbeddingError, embed_etkdg
+from ..chem.featurize import FeaturizationError, MolGraph, featurize
+from ..chem.io import MoleculeRejected, check_molecule
+from ..chem.relax import RelaxationError, relax_mmff, relax_xtb
+from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
+from ..diffusion.samplers import SAMPLERS, time_grid
+from ..nn.score_model import ScoreModel, ScoreModelConfig
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -114,7 +114,7 @@ def load_model(path: str | os.PathLike | None = None, *, device: str | torch.dev
     """``(ScoreModel, ConformerDiffusion)`` from a checkpoint (the shipped default for ``mode`` when
     ``path`` is None).
 
-    Reads a trainer checkpoint or the release file of ``confdiff.train_conformers.export_release``;
+    Reads a trainer checkpoint or the release file of ``confdiff.conformers.training.export_release``;
     both hold ``kind``, ``model_config = {"model": ..., "diffusion": ...}`` and the EMA weights.
     """
     path = default_model_path(mode) if path in (None, DEFAULT_MODEL) else Path(path)

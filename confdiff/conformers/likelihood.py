@@ -1,6 +1,6 @@
 r"""Conformer log-likelihoods through the probability-flow ODE, and Boltzmann importance weights.
 
-The conformer diffusion (``conformer_diffusion.py``) describes a conformer relative to a reference
+The conformer diffusion (``conformers/diffusion.py``) describes a conformer relative to a reference
 ``x_ref`` by ``y = (d, e)`` in ``T^m x V`` (``V`` the ``3N - 3`` dimensional zero-CoM subspace of
 ``R^{3N}``), ``x(y) = T(x_ref, d) + e``. Scoring a conformer ``x`` takes the chart centred on it
 (``x_ref = x``, so ``x = x(0)``) and integrates the PF-ODE of the product SDE forward from ``y = 0``
@@ -11,7 +11,7 @@ The conformer diffusion (``conformer_diffusion.py``) describes a conformer relat
 
 Rotating or translating ``x`` moves the whole chart rigidly; with torsion scores invariant, the
 coordinate score equivariant, the divergence a trace and the prior isotropic on ``V``, ``log p`` is
-unchanged (tested in ``tests/test_conformer_likelihood.py``).
+unchanged (tested in ``tests/conformers/test_likelihood.py``).
 
 In the ``"full"`` mode the state is the centred conformer itself (``x_ref = 0``, ``y = x - CoM``),
 so ``log p`` is the model's density of the conformer on ``V``, with no chart.
@@ -26,9 +26,9 @@ import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
 
-from .chem.featurize import featurize
-from .conformers import load_model
-from .diffusion.likelihood import log_likelihood
+from ..chem.featurize import featurize
+from .generator import load_model
+from ..diffusion.likelihood import log_likelihood
 
 __all__ = [
     "EXACT_DIVERGENCE_MAX_SIZE",

@@ -11,7 +11,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from confdiff import benchmark
+from confdiff.cli import benchmark
 
 ENSEMBLE_KEYS = {
     "cov_r_mean", "cov_r_median", "mat_r_mean", "mat_r_median", "cov_p_mean", "cov_p_median",
@@ -103,7 +103,7 @@ def test_bad_arguments(reference, capsys):
 
 
 def test_confdiff_methods_take_a_model_and_name_an_unusable_mode(reference, tmp_path, capsys):
-    from test_conformers import save_tiny_model
+    from tests.conformers.test_generator import save_tiny_model
 
     model = save_tiny_model(tmp_path / "tiny.pt")
     out = tmp_path / "out.json"

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
-from test_conformers import STEREO_SMILES, graph_of, save_tiny_model, stereo_from_3d
+from tests.conformers.test_generator import STEREO_SMILES, graph_of, save_tiny_model, stereo_from_3d
 
 from confdiff.cli import main
-from confdiff.generate_command import completed_records
+from confdiff.cli.generate import completed_records
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4

@@ -9,13 +9,13 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-import confdiff.conformer_likelihood
-import confdiff.conformers
-from confdiff import score_command
+import confdiff.conformers.likelihood
+import confdiff.conformers.generator
+from confdiff.cli import score as score_command
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from confdiff.cli import COMMANDS
-from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
-from confdiff.conformer_likelihood import likelihood
+from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers.likelihood import likelihood
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
 
@@ -52,12 +52,12 @@ def fake_likelihood(monkeypatch):
     def fake(mol, model, **kwargs):
         return [float(c.GetAtomPosition(0).x) for c in mol.GetConformers()]
 
-    monkeypatch.setattr(confdiff.conformers, "load_model", lambda path, **kwargs: ("model", ConformerDiffusion()))
-    monkeypatch.setattr(confdiff.conformer_likelihood, "likelihood", fake)
+    monkeypatch.setattr(confdiff.conformers.generator, "load_model", lambda path, **kwargs: ("model", ConformerDiffusion()))
+    monkeypatch.setattr(confdiff.conformers.likelihood, "likelihood", fake)
 
 
 def test_score_is_registered():
-    assert COMMANDS["score"][0] == "confdiff.score_command"
+    assert COMMANDS["score"][0] == "confdiff.cli.score"
 
 
 def test_every_record_gets_its_log_likelihood_and_keeps_its_properties(tmp_path, fake_likelihood, capsys):
@@ -118,7 +118,7 @@ def test_the_written_values_are_those_of_likelihood(tmp_path):
                  "--divergence", "hutchinson", "--atol", "1e-2", "--seed", "4", "--device", "cpu")
     assert score_command.run(args) == 0
     written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "out.sdf")]
-    expected = likelihood(mol, confdiff.conformers.load_model(tmp_path / "model.pt"), divergence="hutchinson",
+    expected = likelihood(mol, confdiff.conformers.generator.load_model(tmp_path / "model.pt"), divergence="hutchinson",
                           atol=1e-2, generator=torch.Generator().manual_seed(4))
     assert written == pytest.approx(expected, abs=1e-5)
     # this model was not trained for the full-coordinate density: a usage error, no output

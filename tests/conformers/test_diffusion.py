@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
-from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.diffusion.torus import wrap, wrapped_normal_log_prob
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 

@@ -15,15 +15,15 @@ from rdkit.Chem import AllChem, rdMolAlign
 
 import confdiff
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
-from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
-from confdiff.conformers import (
+from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers.generator import (
     ConformerGenerator,
     GenerationError,
     StereoCheck,
     load_model,
 )
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
-from oracles import GaussianConformer
+from tests.conformers.oracles import GaussianConformer
 
 STEREO_SMILES = "C[C@H](N)C(=O)N[C@@H](Cc1ccccc1)/C=C/CC"  # two stereocentres and an E double bond
 STEPS = 3
@@ -314,7 +314,7 @@ def test_full_mode_keeps_the_first_n_usable_draws(monkeypatch):
     assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 4]
     result = next(gen.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 4  # draws 0..7: four usable
-    monkeypatch.setattr(confdiff.conformers, "FULL_MODE_DRAWS", 1)
+    monkeypatch.setattr(confdiff.conformers.generator, "FULL_MODE_DRAWS", 1)
     result = next(gen.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 2 and any("2 conformers instead of 4" in w for w in result.warnings)
 

@@ -18,8 +18,8 @@ from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
-from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
-from confdiff.conformer_likelihood import (
+from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers.likelihood import (
     KCAL_PER_MOL_K,
     boltzmann_importance_weights,
     likelihood,
@@ -31,7 +31,7 @@ from confdiff.diffusion import (
     wrapped_normal_score,
 )
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
-from oracles import GaussianConformer
+from tests.conformers.oracles import GaussianConformer
 
 # the invariance tests only need the same computation on moved inputs, not a tight ODE solve
 LOOSE = {"rtol": 0.0, "atol": 1e-2}

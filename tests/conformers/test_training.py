@@ -23,11 +23,11 @@ from confdiff.chem.data import ConformerDataset
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import dihedral_angles
 from confdiff.cli import main
-from confdiff.conformer_diffusion import ConformerDiffusion, ConformerDiffusionConfig
-from confdiff.conformers import ConformerGenerator, load_model
+from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.conformers.generator import ConformerGenerator, load_model
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from confdiff.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_checkpoint
-from confdiff.train_conformers import (
+from confdiff.conformers.training import (
     ConformerTrainingData,
     collate_conformers,
     coverage_evaluator,

@@ -18,7 +18,7 @@ from confdiff.diffusion import (
     sample_heun,
     time_grid,
 )
-from mixtures import GaussianMixture, mean_cov_check
+from tests.diffusion.mixtures import GaussianMixture, mean_cov_check
 
 F64 = torch.float64
 SCHED = VPLinear()

@@ -17,7 +17,7 @@ from confdiff.diffusion import (
     bits_per_dim,
     log_likelihood,
 )
-from mixtures import GaussianMixture, WrappedNormalMixture
+from tests.diffusion.mixtures import GaussianMixture, WrappedNormalMixture
 
 F64 = torch.float64
 

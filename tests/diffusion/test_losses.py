@@ -29,7 +29,7 @@ from confdiff.diffusion import (
     wrapped_normal_log_prob,
 )
 from confdiff.diffusion.losses import sde_coefficients
-from mixtures import GaussianMixture
+from tests.diffusion.mixtures import GaussianMixture
 
 PARAMS = [EpsilonPrediction(), X0Prediction(), VPrediction(), ScorePrediction()]
 WEIGHTS = [SimpleWeighting(), LikelihoodWeighting(), MinSNRWeighting(5.0)]

@@ -21,7 +21,7 @@ from confdiff.diffusion import (
 )
 from confdiff.diffusion.losses import sde_coefficients
 from confdiff.diffusion.samplers import ddim_step, ddpm_step
-from mixtures import GaussianMixture, WrappedNormalMixture, mean_cov_check, moment_check
+from tests.diffusion.mixtures import GaussianMixture, WrappedNormalMixture, mean_cov_check, moment_check
 
 N = 20_000  # samples per accuracy check
 

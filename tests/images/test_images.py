@@ -16,7 +16,6 @@ from confdiff.images import (
     DIGITS_SPLIT,
     ImageDiffusionConfig,
     ImageModel,
-    _log_prob_gaussian_bin,
     bin_centres,
     clip_denoised,
     dequantize,
@@ -30,6 +29,7 @@ from confdiff.images import (
     train_image_model,
     variational_bound_bits_per_dim,
 )
+from confdiff.images.likelihood import _log_prob_gaussian_bin
 from confdiff.nn.unet import UNetConfig
 from confdiff.train import TrainConfig
 

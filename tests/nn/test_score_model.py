@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from equivariance import assert_equivariant, transform_batch
+from tests.nn.equivariance import assert_equivariant, transform_batch
 from rdkit import Chem
 from rdkit.Chem import AllChem
 from torch_geometric.data import Batch
