@@ -93,6 +93,7 @@ def _order(log_p: list[float], rank: bool, top: int | None) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..chem.featurize import FeaturizationError
     from ..conformers.likelihood import likelihood
     from ..conformers.generator import load_model
 
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     log_p = likelihood(mol, model, divergence=args.divergence, atol=args.atol, mode=args.mode,
                                        generator=torch.Generator().manual_seed(args.seed))
-                except (ValueError, RuntimeError) as err:
+                except (FeaturizationError, torch.OutOfMemoryError) as err:  # anything else is a bug
                     failures += len(group)
                     print(f"{label}\t{type(err).__name__}: {err}", file=sys.stderr, flush=True)
                     continue

@@ -479,13 +479,13 @@ class ConformerGenerator:
                 yield _failure(item.index, item.name, err)
 
     def _sample_all(self, jobs: list[_Job], n: int, seed: int) -> dict[int, tuple | Exception]:
-        """``id(job) -> (pos, rigid)`` sampled in shared batches; when that fails, every job is
-        sampled alone so that only the culprit gets its exception."""
+        """``id(job) -> (pos, rigid)`` sampled in shared batches; when that runs out of memory,
+        every job is sampled alone so that only the culprit gets the error."""
         if not jobs:
             return {}
         try:
             return dict(zip(map(id, jobs), self._sample(jobs, n, seed)))
-        except _MOLECULE_ERRORS as err:
+        except torch.OutOfMemoryError as err:
             if len(jobs) == 1:
                 return {id(jobs[0]): err}
         return {id(job): self._sample_all([job], n, seed)[id(job)] for job in jobs}
@@ -610,9 +610,11 @@ class ConformerGenerator:
                     mol.RemoveConformer(conf.GetId())
 
 
-# what fails one molecule without stopping the others: our typed errors and RDKit / torch errors
-# (ValueError or RuntimeError subclasses, CUDA out-of-memory among them)
-_MOLECULE_ERRORS = (ValueError, RuntimeError)
+# what fails one molecule without stopping the others: the typed errors of reading, embedding,
+# featurising, relaxing and generating, and running out of memory. Anything else (a shape error in
+# the score model, a CUDA error) is a bug and propagates with its traceback.
+_MOLECULE_ERRORS = (GenerationError, MoleculeRejected, EmbeddingError, FeaturizationError, RelaxationError,
+                    torch.OutOfMemoryError)
 
 
 def _item_name(item: Chem.Mol | str) -> str:

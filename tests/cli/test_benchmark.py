@@ -17,7 +17,7 @@ ENSEMBLE_KEYS = {
     "cov_r_mean", "cov_r_median", "mat_r_mean", "mat_r_median", "cov_p_mean", "cov_p_median",
     "mat_p_mean", "mat_p_median", "failures", "confs_per_cpu_s",
 }
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

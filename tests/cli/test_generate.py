@@ -18,7 +18,7 @@ from tests.conformers.test_generator import STEREO_SMILES, graph_of, save_tiny_m
 from confdiff.cli import main
 from confdiff.cli.generate import completed_records
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N = 4
 STEPS = "3"
 MOLECULES = {  # name -> SMILES, drug-like and quick
@@ -246,3 +246,29 @@ def test_mode_option(tmp_path, model_path, capsys):
     assert generate(model_path, str(tmp_path / "in.smi"), "-o", str(tmp_path / "full.sdf"), "--mode", "full") == 2
     assert "not trained for the full-coordinate mode" in capsys.readouterr().err
     assert not (tmp_path / "full.sdf").exists()
+
+
+BUGGY_SCORE_MODEL = """
+import sys
+from confdiff.cli import main
+from confdiff.nn.score_model import ScoreModel
+
+def forward(self, batch):
+    raise RuntimeError("deliberate bug in the score model")
+
+ScoreModel.forward = forward
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_bug_in_the_score_model_is_a_traceback_and_a_failed_run_not_per_molecule_failures(tmp_path, model_path):
+    (tmp_path / "lib.smi").write_text("CCO ethanol\nCC(=O)Nc1ccc(O)cc1 paracetamol\n")
+    cmd = [sys.executable, "-c", BUGGY_SCORE_MODEL, "generate", "lib.smi", "-o", "out.sdf", "--model", model_path,
+           "--steps", STEPS, "-n", str(N), "--no-progress", "--errors", "errors.tsv"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "RuntimeError: deliberate bug in the score model" in proc.stderr
+    assert proc.stderr.count("deliberate bug") <= 2  # once in the traceback, not once per molecule
+    errors = tmp_path / "errors.tsv"
+    assert not errors.exists() or len(errors.read_text().splitlines()) <= 1  # no molecule blamed
