@@ -75,7 +75,8 @@ class EnsembleError(RuntimeError):
 class BuildConfig:
     """How each molecule's ensemble is built (saved in the manifest; a resumed build must match)."""
 
-    num_conformers: int = 30
+    num_conformers: int = 30  # at most this many kept per molecule
+    oversample: int = 1  # ETKDG seeds embedded per kept conformer: oversample * num_conformers in all
     relax: str = "mmff"
     energy_window: float = 10.0  # kcal/mol above the lowest conformer
     prune_rms: float = 0.5  # heavy-atom symmetry-aware RMSD, Angstrom
@@ -87,6 +88,8 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.num_conformers < 1:
             raise ValueError(f"num_conformers must be >= 1, got {self.num_conformers}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be >= 1, got {self.oversample}")
         if self.relax not in RELAX_METHODS:
             raise ValueError(f"relax must be one of {RELAX_METHODS}, got {self.relax!r}")
         if self.energy_window <= 0:
@@ -206,7 +209,8 @@ def _prune(mol: Chem.Mol, threshold: float) -> list[int]:
 def build_ensemble(mol: Chem.Mol, config: BuildConfig, *, seed: int | None = None) -> Ensemble:
     """Seeds, relaxation, stereo check, energy window, pruning and weights for one molecule.
 
-    Unspecified stereocentres / double bonds are first fixed to one embeddable stereoisomer (the
+    ``oversample * num_conformers`` ETKDG seeds are relaxed; those within the energy window are
+    pruned in energy order and the lowest ``num_conformers`` survivors kept. Unspecified stereocentres / double bonds are first fixed to one embeddable stereoisomer (the
     ensemble's ``mol`` carries it); conformers whose 3D stereochemistry differs from the graph's
     after relaxation are dropped.
     Raises ``EnsembleError`` (or ``EmbeddingError`` / ``RelaxationError``) with the reason.
@@ -214,7 +218,7 @@ def build_ensemble(mol: Chem.Mol, config: BuildConfig, *, seed: int | None = Non
     name = _name(mol)
     seed = config.seed if seed is None else seed
     mol = _fix_stereo(mol, seed)
-    embedded = embed_etkdg(mol, config.num_conformers, seed=seed, timeout=config.embed_timeout)
+    embedded = embed_etkdg(mol, config.oversample * config.num_conformers, seed=seed, timeout=config.embed_timeout)
     work, ids = embedded.mol, list(embedded.conf_ids)
     energies = _relax(work, ids, config.relax)
     reference = _stereo_smiles(work)
@@ -225,7 +229,7 @@ def build_ensemble(mol: Chem.Mol, config: BuildConfig, *, seed: int | None = Non
     e_min = good[0][0]
     window = [(e, cid) for e, cid in good if e - e_min <= config.energy_window]
     ordered = _subset(work, [cid for _, cid in window])
-    kept = _prune(ordered, config.prune_rms)
+    kept = _prune(ordered, config.prune_rms)[: config.num_conformers]
     final = _subset(ordered, kept)
     energies_kept = np.array([window[i][0] for i in kept])
     weights = boltzmann_weights(energies_kept, config.temperature)
@@ -644,7 +648,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("-o", "--out", required=True, help="output directory (shards, manifest.json, errors.tsv)")
     build.add_argument("--exclude", help="file of InChIKey first blocks to drop (data/evaluation_exclusion.txt)")
     build.add_argument("--max-molecules", type=int, help="use the first M usable molecules")
-    build.add_argument("--num-conformers", type=int, default=30, help="ETKDG seeds per molecule")
+    build.add_argument("--num-conformers", type=int, default=30, help="most conformers kept per molecule")
+    build.add_argument("--oversample", type=int, default=1,
+                       help="embed oversample x num-conformers ETKDG seeds, keep the lowest num-conformers after pruning")
     build.add_argument("--relax", choices=RELAX_METHODS, default="mmff", help="relaxation method")
     build.add_argument("--energy-window", type=float, default=10.0, help="kcal/mol above the minimum")
     build.add_argument("--prune-rms", type=float, default=0.5, help="heavy-atom RMSD pruning threshold (A)")
@@ -658,7 +664,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = BuildConfig(
-        num_conformers=args.num_conformers, relax=args.relax, energy_window=args.energy_window,
+        num_conformers=args.num_conformers, oversample=args.oversample, relax=args.relax, energy_window=args.energy_window,
         prune_rms=args.prune_rms, max_heavy_atoms=args.max_heavy_atoms, seed=args.seed,
     )
     if args.resume and not (Path(args.out) / MANIFEST).exists():

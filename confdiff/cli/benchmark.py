@@ -44,6 +44,7 @@ __all__ = [
     "generate_etkdg",
     "generate_etkdg_gfn2",
     "generate_etkdg_mmff",
+    "generate_teacher",
     "generate_method",
     "run",
 ]
@@ -105,6 +106,16 @@ def generate_etkdg_mmff(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
     return mol
 
 
+def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
+    """The training-set teacher of ``scripts/build_training_data.sh``: ETKDGv3 x5 oversampled,
+    MMFF94, a 10 kcal/mol window, greedy 0.25 A heavy-atom pruning in energy order, the lowest
+    ``num_confs`` kept (fewer when pruning leaves fewer)."""
+    from .chem.data import BuildConfig, build_ensemble
+
+    config = BuildConfig(num_conformers=num_confs, oversample=5, energy_window=10.0, prune_rms=0.25)
+    return build_ensemble(mol, config, seed=seed).mol
+
+
 @functools.cache
 def _confdiff_generator(model: str | None, mode: str, relax: str | None):
     try:
@@ -131,6 +142,7 @@ METHODS: dict[str, Generator] = {
     "etkdg": generate_etkdg,
     "etkdg-mmff": generate_etkdg_mmff,
     "etkdg-gfn2": generate_etkdg_gfn2,
+    "teacher": generate_teacher,
 }
 #: the diffusion model's methods: name -> (mode, relaxation); they take ``--model``
 CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {

@@ -46,8 +46,11 @@ MODES = ("refine", "torsions", "full")
 
 @dataclass(frozen=True)
 class ConformerDiffusionConfig:
-    """Noise ranges (radians and Angstrom), the loss balance, and the share of full-coordinate
-    training graphs (``full_fraction``; 0 gives a model that cannot run the ``"full"`` mode)."""
+    """Noise ranges (radians and Angstrom), the loss balance, the share of full-coordinate
+    training graphs (``full_fraction``; 0 gives a model that cannot run the ``"full"`` mode), and
+    how training draws a molecule's conformers: with probability ``w_k ** boltzmann_power / sum``
+    of their Boltzmann weights ``w`` (0: uniformly, every minimum counts as coverage counts it;
+    1: the Boltzmann distribution)."""
 
     sigma_tor_min: float = 0.01 * math.pi
     sigma_tor_max: float = math.pi
@@ -56,6 +59,7 @@ class ConformerDiffusionConfig:
     pos_loss_weight: float = 1.0
     sigma_full_max: float = 10.0
     full_fraction: float = 0.0
+    boltzmann_power: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.sigma_tor_min < self.sigma_tor_max:
@@ -66,6 +70,8 @@ class ConformerDiffusionConfig:
             raise ValueError(f"need sigma_full_max > sigma_pos_min, got {self.sigma_full_max}")
         if not 0 <= self.full_fraction <= 1:
             raise ValueError(f"full_fraction must be in [0, 1], got {self.full_fraction}")
+        if self.boltzmann_power < 0:
+            raise ValueError(f"boltzmann_power must be >= 0, got {self.boltzmann_power}")
         if self.pos_loss_weight < 0:
             raise ValueError(f"pos_loss_weight must be >= 0, got {self.pos_loss_weight}")
 

@@ -1,7 +1,8 @@
 """Training the conformer score model on built ensembles (CPU, CUDA, or ``torchrun``).
 
-Each step draws one conformer of every molecule in the batch (uniformly from its ensemble, so
-every low-energy minimum counts, as coverage does) with the step's generator, so that a resumed run
+Each step draws one conformer of every molecule in the batch (uniformly from its ensemble by
+default, so every low-energy minimum counts, as coverage does; by a power of the Boltzmann weights
+with ``--boltzmann-power``) with the step's generator, so that a resumed run
 draws what an uninterrupted one would, and minimises :meth:`ConformerDiffusion.loss`. Every
 ``--eval-every`` steps, validation runs the loss on held-out molecules and a small COV-R / MAT-R check
 (Ganea et al. 2021) that generates ``2K`` conformers for a few of them.
@@ -45,7 +46,7 @@ EVAL_THRESHOLD = 0.75  # Angstrom, the GEOM-DRUGS COV threshold
 
 
 class ConformerTrainingData(torch.utils.data.Dataset):
-    """Per molecule ``(MolGraph, pos_ensemble (K, N, 3))`` from a :class:`ConformerDataset`."""
+    """Per molecule ``(MolGraph, pos_ensemble (K, N, 3), weights (K,))`` from a :class:`ConformerDataset`."""
 
     def __init__(self, dataset: ConformerDataset, max_atoms: int | None = None):
         self.items = [it for it in dataset.items if max_atoms is None or it["graph"].num_nodes <= max_atoms]
@@ -55,32 +56,41 @@ class ConformerTrainingData(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        return item["graph"], item["pos"]
+        return item["graph"], item["pos"], item["weights"]
 
 
 def collate_conformers(samples) -> Batch:
     """The molecules' graphs with their whole ensembles, for :func:`draw_conformers`.
 
     ``ensemble (N_total, K_max, 3)``: each atom's position in every conformer of its molecule
-    (zero-padded to the batch's largest ensemble); ``num_conformers (G,)`` long.
+    (zero-padded to the batch's largest ensemble); ``num_conformers (G,)`` long;
+    ``conformer_weights (G, K_max)``: the Boltzmann weights (zero-padded).
     """
-    k_max = max(ensemble.shape[0] for _, ensemble in samples)
+    k_max = max(ensemble.shape[0] for _, ensemble, _ in samples)
     graphs = []
-    for graph, ensemble in samples:
+    for graph, ensemble, weights in samples:
         g = graph.clone()
         k, n = ensemble.shape[:2]
         g.ensemble = torch.cat([ensemble, ensemble.new_zeros(k_max - k, n, 3)]).transpose(0, 1)
         g.num_conformers = torch.tensor([k])
+        g.conformer_weights = torch.cat([weights, weights.new_zeros(k_max - k)])[None]
         graphs.append(g)
     return Batch.from_data_list(graphs)
 
 
-def draw_conformers(batch: Batch, generator: torch.Generator | None = None) -> Batch:
+def draw_conformers(batch: Batch, generator: torch.Generator | None = None, boltzmann_power: float = 0.0) -> Batch:
     """A shallow copy of ``batch`` whose ``pos (N_total, 3)`` is one conformer per molecule, drawn
-    uniformly from its ensemble with ``generator`` and centred; ``batch`` is not modified."""
+    with ``generator`` from its ensemble with probabilities ``w_k ** boltzmann_power`` (normalised;
+    0: uniformly) and centred; ``batch`` is not modified."""
     u = torch.rand(batch.num_graphs, generator=generator,
                    device=generator.device if generator is not None else "cpu").to(batch.ensemble.device)
-    k = (u * batch.num_conformers).long()  # (G,), k < num_conformers as u < 1
+    if boltzmann_power == 0:
+        k = (u * batch.num_conformers).long()  # (G,), k < num_conformers as u < 1
+    else:  # inverse CDF of each row of p (G, K_max); padded conformers have weight 0
+        p = batch.conformer_weights.double() ** boltzmann_power
+        cdf = p.cumsum(1) / p.sum(1, keepdim=True)
+        k = torch.searchsorted(cdf, u.double()[:, None], right=True)[:, 0]
+        k = torch.minimum(k, batch.num_conformers - 1)  # u within rounding of 1
     pos = batch.ensemble[torch.arange(batch.num_nodes, device=k.device), k[batch.batch]]
     drawn = copy.copy(batch)
     drawn.pos = ZeroCoM(batch.batch, batch.num_graphs).project(pos)
@@ -93,7 +103,8 @@ def training_loss(diffusion: ConformerDiffusion, model, batch: Batch, generator:
     ``0 * sum(parameters)`` is added so that every parameter gets a (zero) gradient: DDP requires it
     on every rank, and a batch without rotatable bonds leaves the torsion head unused.
     """
-    losses = diffusion.loss(model, draw_conformers(batch, generator), generator)
+    drawn = draw_conformers(batch, generator, diffusion.config.boltzmann_power)
+    losses = diffusion.loss(model, drawn, generator)
     return losses + 0.0 * sum(p.sum() for p in model.parameters())
 
 

@@ -55,6 +55,18 @@ def test_config_validates():
         BuildConfig(relax="pm7")
     with pytest.raises(ValueError, match="num_conformers"):
         BuildConfig(num_conformers=0)
+    with pytest.raises(ValueError, match="oversample"):
+        BuildConfig(oversample=0)
+
+
+def test_oversampling_keeps_the_lowest_num_conformers_of_more_seeds():
+    mol = Chem.MolFromSmiles("CCOC(=O)CCCCN(C)CCO")
+    plain = build_ensemble(mol, BuildConfig(num_conformers=4, prune_rms=0.25, seed=5))
+    over = build_ensemble(mol, BuildConfig(num_conformers=4, oversample=5, prune_rms=0.25, seed=5))
+    assert over.mol.GetNumConformers() == 4 >= plain.mol.GetNumConformers()
+    # the 20 seeds include the 4 of the plain build, so the lowest kept energy cannot be higher
+    assert over.energies[0] <= plain.energies[0] + 1e-6
+    assert np.all(np.diff(over.energies) >= 0)
 
 
 def test_build_ensemble_window_pruning_weights_and_stereo():

@@ -131,3 +131,15 @@ def test_cpu_time_counts_child_processes():
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
     subprocess.run([sys.executable, "-c", burn], check=True)
     assert benchmark._cpu_seconds() - start >= 0.25
+
+
+def test_teacher_method_keeps_distinct_low_energy_conformers():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCOC(=O)CCCCN(C)CCO"))
+    out = benchmark.generate_method("teacher", mol, 6, 3)
+    k = out.GetNumConformers()
+    assert 1 <= k <= 6
+    heavy = Chem.RemoveHs(out)
+    ids = [c.GetId() for c in out.GetConformers()]
+    for i in range(k):
+        for j in range(i):
+            assert AllChem.GetBestRMS(Chem.Mol(heavy), Chem.Mol(heavy), ids[i], ids[j]) > 0.25 - 1e-6

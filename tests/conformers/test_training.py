@@ -84,7 +84,7 @@ def records(run_dir: Path) -> list[dict]:
 def test_each_step_draws_one_conformer_per_molecule_uniformly_from_the_generator(data_dir):
     data = ConformerTrainingData(ConformerDataset(data_dir, cache_dir=data_dir / "cache", split="all"))
     samples = [data[i] for i in range(len(data))]
-    sizes = [ensemble.shape[0] for _, ensemble in samples]
+    sizes = [ensemble.shape[0] for _, ensemble, _ in samples]
     assert sizes == [3, 4, 5, 3, 4]
     batch = collate_conformers(samples)
     assert batch.ensemble.shape == (batch.num_nodes, 5, 3) and batch.num_conformers.tolist() == sizes
@@ -93,7 +93,7 @@ def test_each_step_draws_one_conformer_per_molecule_uniformly_from_the_generator
     counts = np.zeros((len(samples), 5), dtype=int)
     for seed in range(600):
         drawn = draw_conformers(batch, torch.Generator().manual_seed(seed))
-        for g, (graph, ensemble) in enumerate(samples):
+        for g, (graph, ensemble, _) in enumerate(samples):
             pos = drawn.pos[batch.ptr[g] : batch.ptr[g + 1]]
             centred = ensemble - ensemble.mean(1, keepdim=True)
             k = int(torch.argmin((centred - pos).abs().amax(dim=(1, 2))))
@@ -107,6 +107,53 @@ def test_each_step_draws_one_conformer_per_molecule_uniformly_from_the_generator
         assert np.all(np.abs(counts[g, :k] - expected) < 4.5 * math.sqrt(expected))  # binomial, ~4.5 sd
     a = draw_conformers(batch, torch.Generator().manual_seed(7)).pos
     torch.testing.assert_close(draw_conformers(batch, torch.Generator().manual_seed(7)).pos, a, atol=0, rtol=0)
+
+
+def test_boltzmann_power_draws_conformers_in_proportion_to_their_weights():
+    graph = featurize(embedded("CCO", 1, seed=1))
+    ensemble = torch.randn(3, graph.num_nodes, 3)
+    weights = torch.tensor([0.7, 0.2, 0.1])
+    batch = collate_conformers([(graph, ensemble, weights)] * 4000)
+    centred = ensemble - ensemble.mean(1, keepdim=True)
+    for power, expected in [(1.0, weights), (0.5, weights.sqrt() / weights.sqrt().sum()), (0.0, torch.ones(3) / 3)]:
+        drawn = draw_conformers(batch, torch.Generator().manual_seed(3), power).pos.view(4000, -1, 3)
+        k = torch.cdist(drawn.flatten(1), centred.flatten(1)).argmin(1)
+        share = torch.bincount(k, minlength=3) / 4000.0
+        torch.testing.assert_close(share, expected, atol=4 * math.sqrt(0.25 / 4000), rtol=0)
+
+
+class _TwoPointMixture(torch.nn.Module):
+    """Exact coordinate score of data ``x0 = a`` with probability ``p`` else ``b`` (centred),
+    noised by ``N(0, sigma_pos^2)`` on the zero-CoM subspace; torsion scores are zero."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, p: float):
+        super().__init__()
+        self.a, self.b, self.p = a, b, p
+
+    def forward(self, batch):
+        var = batch.sigma_pos[:, None] ** 2  # (G, 1)
+        x = batch.pos.view(batch.num_graphs, -1)
+        a, b = self.a.flatten()[None], self.b.flatten()[None]
+        logit = math.log(self.p / (1 - self.p)) - ((x - a) ** 2).sum(1, keepdim=True) / (2 * var) \
+            + ((x - b) ** 2).sum(1, keepdim=True) / (2 * var)
+        post = torch.sigmoid(logit)  # P(x0 = a | x_t)
+        score = (post * (a - x) + (1 - post) * (b - x)) / var
+        return batch.pos.new_zeros(batch.torsion_index.shape[1]), score.view(-1, 3)
+
+
+def test_weighted_two_conformer_ensemble_is_learned_in_its_proportion():
+    """The loss's minimiser is the score of the weighted mixture: with Boltzmann draws the exact score
+    of the 0.8 / 0.2 mixture has the lower loss, with uniform draws the exact 0.5 / 0.5 one does."""
+    graph = featurize(embedded("CC(C)(C)C", 1, seed=1))  # no rotatable bond: coordinates only
+    a = torch.randn(graph.num_nodes, 3, generator=torch.Generator().manual_seed(0))
+    b = a + 0.8 * torch.randn(graph.num_nodes, 3, generator=torch.Generator().manual_seed(1))
+    a, b = a - a.mean(0), b - b.mean(0)
+    batch = collate_conformers([(graph, torch.stack([a, b]), torch.tensor([0.8, 0.2]))] * 3000)
+    for power, better, worse in [(1.0, 0.8, 0.5), (0.0, 0.5, 0.8)]:
+        diffusion = ConformerDiffusion(ConformerDiffusionConfig(sigma_pos_max=3.0, boltzmann_power=power))
+        losses = [training_loss(diffusion, _TwoPointMixture(a, b, p), batch, torch.Generator().manual_seed(5)).mean()
+                  for p in (better, worse)]
+        assert losses[0] < losses[1]
 
 
 def test_reference_ensemble_rebuilds_the_written_molecule(data_dir):
