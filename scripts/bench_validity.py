@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from confdiff import benchmark
+    from confdiff.cli import benchmark
 
     torch.set_num_threads(1)
     options = _parse_options(args.confdiff_option)
