@@ -83,7 +83,7 @@ def run_confdiff(args) -> dict:
     torch.set_num_threads(1)
     keep_freed_memory()  # as `confdiff generate` does
     import confdiff.conformers.diffusion as diffusion_module
-    from confdiff import conformers
+    from confdiff.conformers import generator as conformers
     from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
     from confdiff.conformers.diffusion import ConformerDiffusion
     from confdiff.nn.score_model import ScoreModel, ScoreModelConfig

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_score_model import SMILES, make_batch  # noqa: E402
 
-from confdiff.chem.data import ConformerDataset  # noqa: E402
+from confdiff.conformers.dataset import ConformerDataset  # noqa: E402
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM  # noqa: E402
 from confdiff.conformers.generator import ConformerGenerator, load_model  # noqa: E402
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig  # noqa: E402

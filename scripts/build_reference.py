@@ -31,7 +31,6 @@ import csv
 import fcntl
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import resource
@@ -45,10 +44,10 @@ from pathlib import Path
 import numpy as np
 from rdkit import Chem, rdBase
 
-from confdiff.chem.data import EnsembleError, _fix_stereo, _stereo_smiles, _subset, boltzmann_weights
+from confdiff.chem.ensembles import EnsembleError, boltzmann_weights, prune_conformers, subset_conformers
+from confdiff.chem.stereo import fix_stereo, stereo_smiles
 from confdiff.chem.embed import DEFAULT_SEED, EmbeddingError, embed_etkdg
 from confdiff.chem.io import SDFWriter
-from confdiff.chem.metrics import rmsd_matrix
 from confdiff.chem.properties import XtbError, xtb_single_point
 from confdiff.chem.relax import RelaxationError, XtbNotFoundError, relax_xtb
 
@@ -107,19 +106,6 @@ class ReferenceEnsemble:
 
 # -- one molecule ------------------------------------------------------------------------------------
 
-def distinct(rmsd: np.ndarray, energies: np.ndarray, rmsd_threshold: float, energy_tol: float = math.inf) -> list[int]:
-    """Greedy deduplication in the given order (increasing energy): conformer i is dropped when a kept
-    j has ``rmsd[j, i] < rmsd_threshold`` and ``|E_i - E_j| < energy_tol``; returns the kept indices.
-
-    rmsd : (K, K) heavy-atom RMSD (A); energies : (K,) kcal/mol.
-    """
-    kept: list[int] = []
-    for i in range(len(energies)):
-        if not any(rmsd[j, i] < rmsd_threshold and abs(energies[i] - energies[j]) < energy_tol for j in kept):
-            kept.append(i)
-    return kept
-
-
 def _optimise(mol: Chem.Mol, conf_ids: Sequence[int], method: str, stereo: str) -> tuple[list[tuple[float, int]], int]:
     """xtb optimisation in place: ([(energy, conformer id)] sorted by energy, number dropped), leaving
     out conformers that xtb could not optimise or whose 3D stereochemistry differs from ``stereo``."""
@@ -129,14 +115,9 @@ def _optimise(mol: Chem.Mol, conf_ids: Sequence[int], method: str, stereo: str) 
             energy = relax_xtb(mol, cid, method=method)
         except RelaxationError:
             continue
-        if _stereo_smiles(mol, cid) == stereo:
+        if stereo_smiles(mol, cid) == stereo:
             done.append((energy, cid))
     return sorted(done), len(conf_ids) - len(done)
-
-
-def _self_rmsd(mol: Chem.Mol, conf_ids: Sequence[int]) -> np.ndarray:
-    sub = _subset(mol, conf_ids)
-    return rmsd_matrix(sub, sub)
 
 
 def build_reference_ensemble(smiles: str, config: ReferenceConfig, *, seed: int, name: str = "") -> ReferenceEnsemble:
@@ -151,17 +132,17 @@ def build_reference_ensemble(smiles: str, config: ReferenceConfig, *, seed: int,
     if mol is None:
         raise EnsembleError(name, "RDKit cannot parse the SMILES")
     mol.SetProp("_Name", name)
-    mol = _fix_stereo(mol, seed)
+    mol = fix_stereo(mol, seed)
     embedded = embed_etkdg(mol, config.num_seeds, seed=seed, timeout=config.embed_timeout)
-    work, stereo = embedded.mol, _stereo_smiles(embedded.mol)
+    work, stereo = embedded.mol, stereo_smiles(embedded.mol)
 
     ff, ff_dropped = _optimise(work, embedded.conf_ids, "gfnff", stereo)
     if not ff:
         raise EnsembleError(name, f"none of {len(embedded.conf_ids)} conformers survived GFN-FF")
     ff = [(e, cid) for e, cid in ff if e - ff[0][0] <= config.ff_window]
     ff_ids = [cid for _, cid in ff]
-    keep = distinct(_self_rmsd(work, ff_ids), np.array([e for e, _ in ff]), config.rmsd, config.energy_tol)
-    candidates = [ff_ids[i] for i in keep][: config.max_gfn2]
+    candidates = prune_conformers(work, config.rmsd, ff_ids, energies=[e for e, _ in ff],
+                                  energy_tol=config.energy_tol)[: config.max_gfn2]
 
     gfn2, gfn2_dropped = _optimise(work, candidates, "gfn2", stereo)
     if not gfn2:
@@ -169,8 +150,9 @@ def build_reference_ensemble(smiles: str, config: ReferenceConfig, *, seed: int,
     window = [(e, cid) for e, cid in gfn2 if e - gfn2[0][0] <= config.energy_window]
     ids = [cid for _, cid in window]
     energies = np.array([e for e, _ in window])
-    keep = distinct(_self_rmsd(work, ids), energies, config.rmsd, config.energy_tol)
-    final = _subset(work, [ids[i] for i in keep])
+    kept = prune_conformers(work, config.rmsd, ids, energies=energies, energy_tol=config.energy_tol)
+    keep = [ids.index(cid) for cid in kept]
+    final = subset_conformers(work, [ids[i] for i in keep])
     props = [xtb_single_point(final, k) for k in range(final.GetNumConformers())]
     energies = energies[keep]
     counts = {"num_seeds": len(embedded.conf_ids), "ff_dropped": ff_dropped, "num_gfn2": len(candidates),

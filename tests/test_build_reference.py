@@ -47,14 +47,6 @@ def _records(path: Path) -> list[Chem.Mol]:
         return [m for m in Chem.ForwardSDMolSupplier(fh, removeHs=False)]
 
 
-def test_distinct_needs_both_rmsd_and_energy_to_call_a_duplicate():
-    rmsd = np.array([[0.0, 0.05, 0.05, 0.5], [0.05, 0.0, 0.1, 0.5], [0.05, 0.1, 0.0, 0.5], [0.5, 0.5, 0.5, 0.0]])
-    energies = np.array([0.0, 0.01, 0.2, 0.02])
-    assert br.distinct(rmsd, energies, 0.125, 0.05) == [0, 2, 3]  # 1 duplicates 0; 2 is close but higher
-    assert br.distinct(rmsd, energies, 0.125) == [0, 3]  # RMSD alone
-    assert br.distinct(rmsd, energies, 0.0) == [0, 1, 2, 3]
-
-
 def test_config_validates():
     with pytest.raises(ValueError, match="num_seeds"):
         br.ReferenceConfig(num_seeds=0)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdDistGeom
 
+from .io import mol_name
+
 __all__ = ["EmbedResult", "EmbeddingError", "embed_etkdg"]
 
 DEFAULT_SEED = 0xF00D
@@ -35,12 +37,6 @@ class EmbedResult:
     mol: Chem.Mol
     conf_ids: tuple[int, ...]
     method: str
-
-
-def _mol_name(mol: Chem.Mol) -> str:
-    if mol.HasProp("_Name") and mol.GetProp("_Name"):
-        return mol.GetProp("_Name")
-    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
 
 
 def _params(
@@ -92,7 +88,7 @@ def embed_etkdg(
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = all cores), got {threads}")
-    name = _mol_name(mol)
+    name = mol_name(mol)
     if mol.GetNumAtoms() == 0:
         raise EmbeddingError(name, "the molecule has no atoms")
     work = Chem.AddHs(mol)

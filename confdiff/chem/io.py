@@ -40,9 +40,18 @@ __all__ = [
     "SDFWriter",
     "check_molecule",
     "detect_format",
+    "mol_name",
     "read_molecules",
     "record_text",
 ]
+
+def mol_name(mol: Chem.Mol) -> str:
+    """The molecule's ``_Name`` (stripped), else its canonical SMILES without hydrogens: the one name
+    every message, error and output record uses."""
+    if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
+        return mol.GetProp("_Name").strip()
+    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+
 
 # Elements ETKDG, MMFF94 / GFN-FF and the model's vocabulary are meant for.
 EMBEDDABLE_ELEMENTS = frozenset("H B C N O F Si P S Cl As Se Br I".split())

@@ -10,20 +10,16 @@ NeurIPS 2022, Sec. 5.2 and Table 3, where generated conformers are first relaxed
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
 
-from .data import boltzmann_weights
-from .relax import HARTREE_TO_KCAL, RelaxationError, XtbNotFoundError, _name, _write_xyz, relax_xtb
+from .ensembles import boltzmann_weights
+from .io import mol_name
+from .relax import HARTREE_TO_KCAL, XTB_TIMEOUT, RelaxationError, XtbError, relax_xtb, run_xtb
 
 __all__ = [
     "EV_TO_KCAL",
@@ -49,15 +45,6 @@ _DIPOLE_HEADER = "molecular dipole:"
 
 class XtbOutputError(ValueError):
     """An xtb printout that lacks a property (truncated output, a failed run)."""
-
-
-class XtbError(RuntimeError):
-    """An xtb single point that failed for a molecule, with the reason."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"xtb single point failed for {name}: {reason}")
-        self.name = name
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -117,30 +104,20 @@ def xtb_single_point(
     uhf: int | None = None,
     threads: int = 1,
     executable: str = "xtb",
+    timeout: float | None = XTB_TIMEOUT,
 ) -> XtbProperties:
     """GFN2-xTB single point (``xtb --sp --gfn 2``) of one conformer.
 
     charge : total charge, default the sum of formal charges; uhf : unpaired electrons, default the
     molecule's radical electrons. Raises ``XtbNotFoundError`` when the binary is missing and
-    ``XtbError`` when xtb fails or prints no properties.
+    ``XtbError`` when xtb fails, runs past ``timeout`` seconds or prints no properties.
     """
-    binary = shutil.which(executable)
-    if binary is None:
-        raise XtbNotFoundError(executable)
-    charge = Chem.GetFormalCharge(mol) if charge is None else charge
-    uhf = sum(a.GetNumRadicalElectrons() for a in mol.GetAtoms()) if uhf is None else uhf
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OMP_STACKSIZE="1G")
-    with tempfile.TemporaryDirectory(prefix="confdiff-xtb-sp-") as tmp:
-        _write_xyz(Path(tmp) / "input.xyz", mol, mol.GetConformer(conf_id).GetId())
-        cmd = [binary, "input.xyz", "--sp", "--gfn", "2", "--chrg", str(charge), "--uhf", str(uhf)]
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise XtbError(_name(mol), f"exit {proc.returncode}: {' | '.join(tail)}")
+    run = run_xtb(mol, conf_id, ["--sp", "--gfn", "2"], charge=charge, uhf=uhf, threads=threads,
+                  executable=executable, timeout=timeout)
     try:
-        return parse_xtb_output(proc.stdout)
+        return parse_xtb_output(run.stdout)
     except XtbOutputError as err:
-        raise XtbError(_name(mol), str(err)) from err
+        raise XtbError(mol_name(mol), str(err)) from err
 
 
 def conformer_properties(

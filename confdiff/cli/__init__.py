@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("confdiff.cli.generate", "conformer ensembles for molecules or a library (SDF / SMILES / MOL2)"),
     "score": ("confdiff.cli.score", "log-likelihood of every conformer of an SDF under the model; rank / filter by it"),
     "train": ("confdiff.cli.train", "train the conformer score model (CPU, CUDA, torchrun for DDP)"),
-    "dataset": ("confdiff.chem.data", "build conformer ensembles to train on (resumable)"),
+    "dataset": ("confdiff.cli.dataset", "build conformer ensembles to train on (resumable)"),
     "benchmark": ("confdiff.cli.benchmark", "compare conformer generators: COV / MAT, bioactive recovery, speed"),
     "image": ("confdiff.cli.image", "train, sample and score image diffusion models (digits, IDX files)"),
 }

@@ -110,7 +110,7 @@ def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
     """The training-set teacher of ``scripts/build_training_data.sh``: ETKDGv3 x5 oversampled,
     MMFF94, a 10 kcal/mol window, greedy 0.25 A heavy-atom pruning in energy order, the lowest
     ``num_confs`` kept (fewer when pruning leaves fewer)."""
-    from .chem.data import BuildConfig, build_ensemble
+    from ..chem.ensembles import BuildConfig, build_ensemble
 
     config = BuildConfig(num_conformers=num_confs, oversample=5, energy_window=10.0, prune_rms=0.25)
     return build_ensemble(mol, config, seed=seed).mol

@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from rdkit import Chem, rdBase
-from rdkit.Chem import rdMolAlign
 from torch_geometric.data import Batch
 
 from ..chem.embed import EmbeddingError, embed_etkdg
 from ..chem.featurize import FeaturizationError, MolGraph, featurize
-from ..chem.io import MoleculeRejected, check_molecule
-from ..chem.relax import RelaxationError, relax_mmff, relax_xtb
+from ..chem.io import MoleculeRejected, check_molecule, mol_name
+from ..chem.ensembles import EnsembleError, select_conformers
+from ..chem.relax import RelaxationError
+from ..chem.stereo import StereoCheck
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from ..diffusion.samplers import SAMPLERS, time_grid
 from ..nn.score_model import ScoreModel, ScoreModelConfig
@@ -52,7 +53,6 @@ __all__ = [
     "ConformerGenerator",
     "GenerationError",
     "GenerationResult",
-    "StereoCheck",
     "conformer_generators",
     "default_model_path",
     "generate",
@@ -62,7 +62,6 @@ __all__ = [
 DEFAULT_MODEL = "default"
 DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion steps per mode
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
-_VOLUME_TOL = 0.1  # A^3 (A^2 for double bonds): smaller counts as flat, i.e. broken (RDKit's ZERO_VOLUME_TOL)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 FULL_MODE_DRAWS = 2  # the full mode draws this many conformers per one asked for, and keeps the first usable
 
@@ -144,7 +143,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-# --- seeds and stereochemistry ---------------------------------------------------------------------
+# --- seeds ---------------------------------------------------------------------
 
 def conformer_generators(seed: int, indices: Iterable[int]) -> list[torch.Generator]:
     """One CPU generator per conformer, seeded from ``(seed, index)`` only (not from the batch)."""
@@ -155,115 +154,12 @@ def conformer_generators(seed: int, indices: Iterable[int]) -> list[torch.Genera
     return gens
 
 
-def _bond_sides(mol: Chem.Mol, bond: Chem.Bond) -> tuple[int, int, bool] | None:
-    """``(a, d, trans)`` for a bond with specified stereo: reference neighbours and whether they are trans.
-
-    STEREOCIS / STEREOTRANS refer to the bond's stereo atoms; STEREOE / STEREOZ (CIP labels) to the
-    highest-ranked neighbour on each side (legacy ``_CIPRank``).
-    """
-    stereo = bond.GetStereo()
-    if stereo in (Chem.BondStereo.STEREOCIS, Chem.BondStereo.STEREOTRANS):
-        a, d = bond.GetStereoAtoms()
-        return a, d, stereo == Chem.BondStereo.STEREOTRANS
-    if stereo in (Chem.BondStereo.STEREOE, Chem.BondStereo.STEREOZ):
-        ends = (bond.GetBeginAtom(), bond.GetEndAtom())
-        ref = []
-        for atom, other in (ends, ends[::-1]):
-            ranked = [(int(n.GetProp("_CIPRank")), n.GetIdx()) for n in atom.GetNeighbors()
-                      if n.GetIdx() != other.GetIdx()]
-            ref.append(max(ranked)[1])
-        return ref[0], ref[1], stereo == Chem.BondStereo.STEREOE
-    return None
-
-
-@dataclass(frozen=True)
-class StereoCheck:
-    """The stereo elements of a molecule as signs of 3D quantities, tested on many conformers at once.
-
-    Tetrahedral centre ``c`` (row ``(c, n1, n2, n3)``): RDKit's chiral volume
-    ``v1 . (v2 x v3)``, ``v_k = p[n_k] - p[c]`` over the first three neighbours in bond order,
-    positive for ``CHI_TETRAHEDRAL_CCW``. Double bond ``a - b = c - d`` (row ``(a, b, c, d)``): the
-    dot product of ``a``'s and ``d``'s offsets perpendicular to the bond, positive when cis.
-    Elements come from ``Chem.FindPotentialStereo``; ``expected`` is +1 / -1 where the molecule
-    specifies the configuration and 0 where it leaves it open.
-    """
-
-    centres: np.ndarray  # (C, 4) int
-    bonds: np.ndarray  # (D, 4) int
-    expected: np.ndarray  # (C + D,) int8
-
-    @classmethod
-    def from_mol(cls, mol: Chem.Mol) -> StereoCheck:
-        """The check for ``mol`` (hydrogens explicit, stereo as read from the input)."""
-        ranked = Chem.Mol(mol)
-        Chem.AssignStereochemistry(ranked, cleanIt=True, force=True)  # sets _CIPRank for E/Z
-        centres, bonds, expected_c, expected_d = [], [], [], []
-        for element in Chem.FindPotentialStereo(Chem.Mol(mol)):
-            specified = element.specified == Chem.StereoSpecified.Specified
-            if element.type == Chem.StereoType.Atom_Tetrahedral:
-                atom = mol.GetAtomWithIdx(element.centeredOn)
-                neighbours = [n.GetIdx() for n in atom.GetNeighbors()][:3]
-                tag = atom.GetChiralTag()
-                centres.append([atom.GetIdx(), *neighbours])
-                expected_c.append(0 if not specified else 1 if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW else -1)
-            elif element.type == Chem.StereoType.Bond_Double:
-                bond = ranked.GetBondWithIdx(element.centeredOn)
-                b, c = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
-                sides = _bond_sides(ranked, bond) if specified else None
-                if sides is None:
-                    a = next(n.GetIdx() for n in bond.GetBeginAtom().GetNeighbors() if n.GetIdx() != c)
-                    d = next(n.GetIdx() for n in bond.GetEndAtom().GetNeighbors() if n.GetIdx() != b)
-                    expected_d.append(0)
-                else:
-                    a, d, trans = sides
-                    expected_d.append(-1 if trans else 1)
-                bonds.append([a, b, c, d])
-        return cls(np.array(centres, dtype=np.int64).reshape(-1, 4), np.array(bonds, dtype=np.int64).reshape(-1, 4),
-                   np.array(expected_c + expected_d, dtype=np.int8))
-
-    @property
-    def num_specified(self) -> int:
-        return int(np.count_nonzero(self.expected))
-
-    @property
-    def num_open(self) -> int:
-        return int(self.expected.size - self.num_specified)
-
-    def signs(self, pos: np.ndarray) -> np.ndarray:
-        """Signs (+1, -1, 0 when flat) of every element in conformers ``pos (K, N, 3)``: shape (K, C + D)."""
-        c = self.centres
-        v = pos[:, c[:, 1:]] - pos[:, c[:, :1]]  # (K, C, 3, 3)
-        volume = np.einsum("kci,kci->kc", v[:, :, 0], np.cross(v[:, :, 1], v[:, :, 2]))
-        a, b, cc, d = (pos[:, self.bonds[:, k]] for k in range(4))  # (K, D, 3) each
-        axis = cc - b
-        length = np.linalg.norm(axis, axis=-1, keepdims=True)
-        axis = axis / np.maximum(length, 1e-12)
-        side_a, side_d = a - b, d - cc
-        side_a = side_a - (side_a * axis).sum(-1, keepdims=True) * axis
-        side_d = side_d - (side_d * axis).sum(-1, keepdims=True) * axis
-        sides = (side_a * side_d).sum(-1) * (length[..., 0] > 1e-6)  # coincident double-bond atoms: flat
-        values = np.concatenate([volume, sides], axis=1)
-        return (np.sign(values) * (np.abs(values) > _VOLUME_TOL)).astype(np.int8)
-
-    def matches_input(self, pos: np.ndarray) -> np.ndarray:
-        """Which conformers ``pos (K, N, 3)`` have every specified configuration of the input: (K,) bool."""
-        specified = self.expected != 0
-        return (self.signs(pos)[:, specified] == self.expected[specified]).all(axis=1)
-
-
 # --- one molecule's preparation ----------------------------------------------------------------------
 
 def _bond_lengths(pos: np.ndarray, graph: MolGraph) -> np.ndarray:
     """Lengths of the bonds of ``graph`` in conformers ``pos (K, N, 3)``: shape (K, B)."""
     i, j = graph.edge_index[:, ::2].numpy()  # each bond once (edges come in both directions)
     return np.linalg.norm(pos[:, i] - pos[:, j], axis=-1)
-
-
-def mol_name(mol: Chem.Mol) -> str:
-    """The molecule's ``_Name``, else its SMILES."""
-    if mol.HasProp("_Name") and mol.GetProp("_Name").strip():
-        return mol.GetProp("_Name").strip()
-    return Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
 
 
 def _parse(item: Chem.Mol | str) -> tuple[Chem.Mol, list[str]]:
@@ -546,10 +442,8 @@ class ConformerGenerator:
             conf.SetIntProp("conformer_index", i)
             conf.SetIntProp("seed", seed)
             out.AddConformer(conf, assignId=True)
-        if self.relax is not None:
-            self._relax(out, job, notes)
-        if self.prune_rms is not None:
-            _prune(out, self.prune_rms)
+        if self.relax is not None or self.prune_rms is not None:
+            self._select(out, notes)
         out.SetProp("_Name", job.name)
         return GenerationResult(job.index, job.name, out, None, notes)
 
@@ -584,37 +478,24 @@ class ConformerGenerator:
                          f"image): {len(used)} conformers instead of {n}")
         return {int(i): pos[i] for i in used}
 
-    def _relax(self, mol: Chem.Mol, job: _Job, notes: list[str]) -> None:
-        """Relax every conformer in place, store ``energy``; drop conformers whose configuration the
-        relaxation changed, and those outside the energy window."""
-        ids = [c.GetId() for c in mol.GetConformers()]
-        before = job.check.signs(np.stack([mol.GetConformer(cid).GetPositions() for cid in ids]))
-        if self.relax == "mmff":
-            energies = relax_mmff(mol, ids)
-        else:
-            energies = [relax_xtb(mol, cid, method=self.relax, threads=self.num_workers) for cid in ids]
-        pos = np.stack([mol.GetConformer(cid).GetPositions() for cid in ids])
-        broken = ((job.check.signs(pos) != before) & (before != 0)).any(axis=1)
-        for cid, energy, bad in zip(ids, energies, broken):
+    def _select(self, mol: Chem.Mol, notes: list[str]) -> None:
+        """Relaxation, stereo check, energy window and pruning (``chem.ensembles.select_conformers``), in
+        place: relaxed conformers carry ``energy``, the others are removed; the conformer order is kept."""
+        selection = select_conformers(mol, relax=self.relax, energy_window=self.energy_window,
+                                      prune_rms=self.prune_rms, threads=self.num_workers)
+        if selection.num_broken:
+            notes.append(f"{selection.num_broken} conformers changed a configuration during relaxation and were dropped")
+        for cid, energy in zip(selection.conf_ids, selection.energies or ()):
             mol.GetConformer(cid).SetDoubleProp("energy", float(energy))
-            if bad:
-                mol.RemoveConformer(cid)
-        if broken.any():
-            notes.append(f"{int(broken.sum())} conformers changed a configuration during relaxation and were dropped")
-        if mol.GetNumConformers() == 0:
-            raise GenerationError(job.name, "every conformer changed a configuration during relaxation")
-        if self.energy_window is not None:
-            low = min(c.GetDoubleProp("energy") for c in mol.GetConformers())
-            for conf in list(mol.GetConformers()):
-                if conf.GetDoubleProp("energy") - low > self.energy_window:
-                    mol.RemoveConformer(conf.GetId())
+        for cid in {c.GetId() for c in mol.GetConformers()} - set(selection.conf_ids):
+            mol.RemoveConformer(cid)
 
 
 # what fails one molecule without stopping the others: the typed errors of reading, embedding,
 # featurising, relaxing and generating, and running out of memory. Anything else (a shape error in
 # the score model, a CUDA error) is a bug and propagates with its traceback.
 _MOLECULE_ERRORS = (GenerationError, MoleculeRejected, EmbeddingError, FeaturizationError, RelaxationError,
-                    torch.OutOfMemoryError)
+                    EnsembleError, torch.OutOfMemoryError)
 
 
 def _item_name(item: Chem.Mol | str) -> str:
@@ -623,7 +504,7 @@ def _item_name(item: Chem.Mol | str) -> str:
 
 def _failure(index: int, name: str, err: Exception) -> GenerationResult:
     """A failed result naming the molecule and the reason."""
-    if isinstance(err, (GenerationError, EmbeddingError, RelaxationError)):
+    if isinstance(err, (GenerationError, EmbeddingError, RelaxationError, EnsembleError)):
         reason = err.reason
     elif isinstance(err, torch.OutOfMemoryError):
         reason = "out of memory while sampling; lower max_atoms_per_batch (--batch-size)"
@@ -632,22 +513,6 @@ def _failure(index: int, name: str, err: Exception) -> GenerationResult:
     else:
         reason = f"{type(err).__name__}: {err}"
     return GenerationResult(index, name, None, reason)
-
-
-def _prune(mol: Chem.Mol, threshold: float) -> None:
-    """Greedy heavy-atom RMSD pruning (symmetry-aware): a conformer within ``threshold`` of a kept one
-    is dropped; conformers are visited by energy when relaxed, else in order."""
-    heavy = Chem.RemoveHs(mol)
-    confs = list(mol.GetConformers())
-    if confs[0].HasProp("energy"):
-        confs.sort(key=lambda c: c.GetDoubleProp("energy"))
-    kept: list[int] = []
-    for conf in confs:
-        cid = conf.GetId()
-        if all(rdMolAlign.GetBestRMS(heavy, heavy, k, cid) >= threshold for k in kept):
-            kept.append(cid)
-    for cid in {c.GetId() for c in confs} - set(kept):
-        mol.RemoveConformer(cid)
 
 
 def generate(

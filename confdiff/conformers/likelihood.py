@@ -26,14 +26,14 @@ import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
 
+from ..chem.ensembles import BOLTZMANN_KCAL
 from ..chem.featurize import featurize
-from .generator import load_model
 from ..diffusion.likelihood import log_likelihood
+from .generator import load_model
 
 __all__ = [
     "EXACT_DIVERGENCE_MAX_SIZE",
     "HUTCHINSON_PROBES",
-    "KCAL_PER_MOL_K",
     "boltzmann_importance_weights",
     "likelihood",
 ]
@@ -44,7 +44,6 @@ EXACT_DIVERGENCE_MAX_SIZE = 300
 #: Rademacher probes of the Hutchinson estimator, shared by all conformers of a molecule
 HUTCHINSON_PROBES = 8
 #: the gas constant in kcal / (mol K)
-KCAL_PER_MOL_K = 1.987204259e-3
 
 
 def _dtype_device(model) -> tuple[torch.dtype, torch.device]:
@@ -168,7 +167,7 @@ def boltzmann_importance_weights(
         raise ValueError(f"need two equal non-empty 1-D sequences, got shapes {log_p.shape} and {energies.shape}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 K, got {temperature!r}")
-    log_w = -energies / (KCAL_PER_MOL_K * temperature) - log_p
+    log_w = -energies / (BOLTZMANN_KCAL * temperature) - log_p
     log_w -= log_w.max()
     w = np.exp(log_w)
     return w / w.sum()

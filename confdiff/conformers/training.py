@@ -21,7 +21,7 @@ import torch
 from rdkit import Chem
 from torch_geometric.data import Batch
 
-from ..chem.data import ConformerDataset
+from .dataset import ConformerDataset
 from ..chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from ..chem.metrics import coverage_matching, rmsd_matrix
 from ..diffusion import ZeroCoM

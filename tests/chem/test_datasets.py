@@ -1,6 +1,5 @@
 """Training ensembles: one molecule's build, the resumable dataset build, loaders and the cache."""
 
-import argparse
 import gzip
 import json
 import pickle
@@ -12,21 +11,11 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import rdMolAlign
 
-from confdiff.chem import data as data_module
-from confdiff.chem.data import (
-    BOLTZMANN_KCAL,
-    BuildConfig,
-    ConformerDataset,
-    boltzmann_weights,
-    build_dataset,
-    build_ensemble,
-    inchikey_block,
-    load_ensembles,
-    load_geom_pickle,
-    read_exclusion_list,
-)
+from confdiff.chem.datasets import build_dataset, inchikey_block, load_ensembles, load_geom_pickle, read_exclusion_list
+from confdiff.chem.ensembles import BOLTZMANN_KCAL, BuildConfig, EnsembleError, boltzmann_weights, build_ensemble
 from confdiff.chem.embed import embed_etkdg
 from confdiff.cli import COMMANDS
+from confdiff.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCLUSION = ROOT / "data" / "evaluation_exclusion.txt"
@@ -190,11 +179,9 @@ def test_build_with_two_workers_matches_one(built, tmp_path):
 
 
 def main(argv):
-    """``confdiff dataset ...`` through the subcommand's own parser (cli.py only wires it)."""
-    assert argv[0] == "dataset" and COMMANDS["dataset"][0] == "confdiff.chem.data"
-    parser = argparse.ArgumentParser(prog="confdiff dataset")
-    data_module.add_arguments(parser)
-    return data_module.run(parser.parse_args(argv[1:]))
+    """``confdiff dataset ...`` through the command line."""
+    assert argv[0] == "dataset" and COMMANDS["dataset"][0] == "confdiff.cli.dataset"
+    return cli_main(argv)
 
 
 def test_cli_dataset_build(tmp_path):
@@ -232,28 +219,5 @@ def test_load_geom_pickle(tmp_path):
     assert energies[1] - energies[0] == pytest.approx(0.001 * 627.509474, rel=1e-6)
     with open(tmp_path / "empty.pickle", "wb") as fh:
         pickle.dump({"smiles": "C", "conformers": []}, fh)
-    with pytest.raises(data_module.EnsembleError, match="no conformers"):
+    with pytest.raises(EnsembleError, match="no conformers"):
         load_geom_pickle(tmp_path / "empty.pickle")
-
-
-def test_conformer_dataset_featurises_once_and_splits(built, tmp_path, monkeypatch):
-    pytest.importorskip("confdiff.chem.featurize")
-    _, out, _, _ = built
-    geom = tmp_path / "geom"
-    geom.mkdir()
-    _geom_pickle(geom / "a.pickle")
-    cache = tmp_path / "cache"
-    full = ConformerDataset([out, geom], cache_dir=cache, split="all")
-    assert len(full) == 6 and full.num_skipped == 0
-    for graph, pos, weights in full:
-        assert pos.ndim == 3 and pos.shape[1:] == (graph.num_nodes, 3)
-        assert weights.shape == (pos.shape[0],) and float(weights.sum()) == pytest.approx(1.0, abs=1e-5)
-        assert not hasattr(graph, "pos") or graph.pos is None
-    assert full.cache_path.exists() and full.cache_path.parent == cache
-    # a second dataset reads the cache: featurising again would fail here
-    monkeypatch.setattr(ConformerDataset, "_featurise", staticmethod(lambda files: pytest.fail("re-featurised")))
-    train = ConformerDataset([out, geom], cache_dir=cache, split="train", val_fraction=0.4, seed=1)
-    val = ConformerDataset([out, geom], cache_dir=cache, split="val", val_fraction=0.4, seed=1)
-    assert len(train) + len(val) == 6 and len(val) >= 1
-    smiles = lambda ds: {it["smiles"] for it in ds.items}
-    assert not smiles(train) & smiles(val)

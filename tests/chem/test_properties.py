@@ -10,7 +10,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from rdkit.Geometry import Point3D
 
-from confdiff.chem.data import BOLTZMANN_KCAL
+from confdiff.chem.ensembles import BOLTZMANN_KCAL
 from confdiff.chem.properties import (
     EV_TO_KCAL,
     EnsembleProperties,

@@ -75,3 +75,36 @@ def test_xtb_optimises_in_place_and_converges(method):
     final = mol.GetConformer(0).GetPositions()
     assert e2 == pytest.approx(e1, abs=0.05)
     assert np.linalg.norm(final[o] - final[c]) == pytest.approx(np.linalg.norm(relaxed[o] - relaxed[c]), abs=0.01)
+
+
+def _fake_xtb(directory, body: str) -> str:
+    """An executable ``xtb`` in ``directory`` that runs the shell ``body``; returns its path."""
+    path = directory / "xtb"
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_hung_xtb_is_killed_at_the_timeout_and_reported_by_every_caller(tmp_path):
+    import time
+
+    from confdiff.chem.properties import xtb_single_point
+    from confdiff.chem.relax import XtbError, run_xtb
+
+    fake = _fake_xtb(tmp_path, "sleep 60")
+    mol = embed_etkdg(Chem.MolFromSmiles("CCO"), 1, seed=0).mol
+    start = time.monotonic()
+    with pytest.raises(XtbError, match="timeout"):
+        run_xtb(mol, flags=["--sp"], executable=fake, timeout=0.5)
+    with pytest.raises(RelaxationError, match="timeout"):
+        relax_xtb(mol, executable=fake, timeout=0.5)
+    with pytest.raises(XtbError, match="timeout"):
+        xtb_single_point(mol, executable=fake, timeout=0.5)
+    assert time.monotonic() - start < 20  # three runs of 0.5 s, not of 60 s
+
+
+def test_a_failing_xtb_names_its_exit_status(tmp_path):
+    fake = _fake_xtb(tmp_path, "echo 'normal termination of xtb? no' >&2; exit 3")
+    mol = embed_etkdg(Chem.MolFromSmiles("CCO"), 1, seed=0).mol
+    with pytest.raises(RelaxationError, match="exited with 3"):
+        relax_xtb(mol, executable=fake)

@@ -19,9 +19,9 @@ from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusion
 from confdiff.conformers.generator import (
     ConformerGenerator,
     GenerationError,
-    StereoCheck,
     load_model,
 )
+from confdiff.chem.stereo import StereoCheck
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from tests.conformers.oracles import GaussianConformer
 

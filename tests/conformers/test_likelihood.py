@@ -16,11 +16,11 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from torch_geometric.data import Batch
 
+from confdiff.chem.ensembles import BOLTZMANN_KCAL
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers.likelihood import (
-    KCAL_PER_MOL_K,
     boltzmann_importance_weights,
     likelihood,
 )
@@ -356,7 +356,7 @@ def torsion_energy(tau: torch.Tensor) -> torch.Tensor:
 
 def test_boltzmann_reweighting_recovers_the_grid_expectation():
     truth = oracle()
-    kt = KCAL_PER_MOL_K * 298.15
+    kt = BOLTZMANN_KCAL * 298.15
     grid = torch.linspace(-math.pi, math.pi, 3601, dtype=torch.float64)[:-1]
     boltzmann = torch.softmax(-torsion_energy(grid) / kt, 0)
     expected = float((boltzmann * torch.cos(grid)).sum())
@@ -381,7 +381,7 @@ def test_boltzmann_reweighting_recovers_the_grid_expectation():
 
 def test_boltzmann_weights_are_normalised_boltzmann_over_model_density():
     w = boltzmann_importance_weights([-1.0, -1.0, math.log(2.0)], [0.0, 1.0, 0.0], temperature=300.0)
-    kt = KCAL_PER_MOL_K * 300.0
+    kt = BOLTZMANN_KCAL * 300.0
     raw = np.array([math.e, math.e * math.exp(-1.0 / kt), 0.5])
     np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-12)
     with pytest.raises(ValueError, match="temperature"):

@@ -19,7 +19,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdMolTransforms
 
-from confdiff.chem.data import ConformerDataset
+from confdiff.conformers.dataset import ConformerDataset
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.chem.torsions import dihedral_angles
 from confdiff.cli import main
