@@ -114,7 +114,7 @@ class ValidityChecker:
                  flat: dict[str, list[np.ndarray]], stereo, force_field=None, reference_energy: float | None = None):
         self.num_atoms = num_atoms
         self._bonds, self._angles, self._clashes = bonds, angles, clashes
-        self._flat = flat  # check name -> index arrays (G, k), one per ring size / pattern
+        self._flat = flat  # check name -> index arrays (G, k), one per match size k
         self._stereo = stereo
         self._force_field = force_field
         self.reference_energy = reference_energy
@@ -160,15 +160,12 @@ class ValidityChecker:
             raise ValueError(f"pos must have shape (B, {self.num_atoms}, 3), got {pos.shape}")
         finite = np.isfinite(pos).all(axis=(1, 2))
         pos = np.where(finite[:, None, None], pos, 0.0)  # keeps the linear algebra below finite
-        t = BOND_TOLERANCE
-        d, lb, ub = self._bonds.distances(pos), self._bonds.lower, self._bonds.upper
-        # PoseBusters' bound percent error: (d - lb) / lb below the bounds, (d - ub) / ub above
-        result = {"bond_lengths": ~(((d < lb) & ((d - lb) / lb < -t)) | ((d > ub) & ((d - ub) / ub > t))).any(axis=1)}
-        t = ANGLE_TOLERANCE
-        d, lb, ub = self._angles.distances(pos), self._angles.lower, self._angles.upper
-        result["bond_angles"] = ~(((d < lb) & (np.abs((d - lb) / lb) > t)) | ((d > ub) & (np.abs((d - ub) / ub) > t))).any(axis=1)
-        d, lb = self._clashes.distances(pos), self._clashes.lower
-        result["internal_steric_clash"] = ~((d < lb) & ((d - lb) / lb < -CLASH_TOLERANCE)).any(axis=1)
+        result = {}
+        for name, pairs, upper, tolerance in (("bond_lengths", self._bonds, self._bonds.upper, BOND_TOLERANCE),
+                                              ("bond_angles", self._angles, self._angles.upper, ANGLE_TOLERANCE),
+                                              ("internal_steric_clash", self._clashes, np.inf, CLASH_TOLERANCE)):
+            error = _bound_error(pairs.distances(pos), pairs.lower, upper)  # (B, P)
+            result[name] = ~(np.abs(error) > tolerance).any(axis=1)
         for name, groups in self._flat.items():
             if name == "non_aromatic_ring_non_flatness":
                 ok = [(_plane_distance(pos, g) >= NON_FLAT_TOLERANCE).all(axis=1) for g in groups]
@@ -209,9 +206,7 @@ def _pair_bounds(mol: Chem.Mol) -> tuple[_Bounds, _Bounds, _Bounds]:
         raise ValidityError(f"RDKit's distance-geometry bounds failed: {err}") from None
     lower, upper = bounds.T.copy(), bounds.copy()  # [i, j] with i < j
     _symmetrise_terminal_groups(mol, lower, upper)
-    bonded = np.zeros((n, n), dtype=bool)
-    for bond in mol.GetBonds():
-        bonded[bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()] = bonded[bond.GetEndAtomIdx(), bond.GetBeginAtomIdx()] = True
+    bonded = Chem.GetAdjacencyMatrix(mol).astype(bool)
     one_three = (bonded.astype(np.int64) @ bonded.astype(np.int64)) > 0  # a shared neighbour (PoseBusters' angles)
     heavy = np.array([a.GetAtomicNum() != 1 for a in mol.GetAtoms()])
     i, j = np.triu_indices(n, k=1)
@@ -240,9 +235,23 @@ def _symmetrise_terminal_groups(mol: Chem.Mol, lower: np.ndarray, upper: np.ndar
 
 
 def _matches(mol: Chem.Mol, smarts: tuple[str, ...]) -> list[np.ndarray]:
-    """Atom indices (G, k) of the matches of each pattern that matches at all."""
-    found = [mol.GetSubstructMatches(Chem.MolFromSmarts(s)) for s in smarts]
-    return [np.array(m, dtype=np.int64) for m in found if m]
+    """Atom indices (G, k) of the matches of the patterns, one array per match size k.
+
+    Every match is kept, a ring matched by two patterns too: its atom order may differ, and with
+    it the sign of the SVD normal that PoseBusters' signed distance depends on.
+    """
+    by_size: dict[int, list[tuple[int, ...]]] = {}
+    for pattern in smarts:
+        for match in mol.GetSubstructMatches(Chem.MolFromSmarts(pattern)):
+            by_size.setdefault(len(match), []).append(match)
+    return [np.array(m, dtype=np.int64) for m in by_size.values()]
+
+
+def _bound_error(d: np.ndarray, lower: np.ndarray, upper: np.ndarray | float) -> np.ndarray:
+    """PoseBusters' bound percent error (``tools.stats.bpe``): ``(d - lb) / lb`` below the bounds,
+    ``(d - ub) / ub`` above them, 0 within; a clash has no upper bound (``upper = inf``)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d < lower, (d - lower) / lower, np.where(d > upper, (d - upper) / upper, 0.0))
 
 
 def _plane_distance(pos: np.ndarray, groups: np.ndarray) -> np.ndarray:
