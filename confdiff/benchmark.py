@@ -264,8 +264,14 @@ def _validity(mols: Sequence[Chem.Mol], pb_sample: int) -> tuple[int, int, int, 
 
     buster = PoseBusters(config="mol")
     picked = np.unique(np.linspace(0, len(conformers) - 1, min(pb_sample, len(conformers))).round().astype(int))
-    with rdBase.BlockLogs():
-        rows = [buster.bust(Chem.Mol(conformers[k][0], confId=conformers[k][1])).iloc[0] for k in picked]
+    rows = []
+    for k in picked:
+        mol, conf = Chem.Mol(conformers[k][0]), Chem.Conformer(conformers[k][0].GetConformer(conformers[k][1]))
+        mol.RemoveAllConformers()
+        conf.SetId(0)  # posebusters' energy check reads conformer 0 (another id: "Bad Conformer Id", NaN)
+        mol.AddConformer(conf)
+        with rdBase.BlockLogs():
+            rows.append(buster.bust(mol).iloc[0])
     pb_valid = sum(all(v is True or v == True for v in row.values) for row in rows)  # noqa: E712 -- NaN fails
     return valid, checked, pb_valid, len(rows)
 
