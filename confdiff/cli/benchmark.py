@@ -4,6 +4,10 @@ Ensemble mode (the GEOM protocol, Ganea et al. 2021; Jing et al. 2022): referenc
 grouped by molecule (the ``mol_id`` property, else the canonical SMILES); every method makes 2K
 conformers for a molecule with K references (or reads them from a file), and COV-R, MAT-R, COV-P,
 MAT-P are reported as mean and median over molecules, with failures and conformers per CPU second.
+Next to them, the share of generated conformers that pass PoseBusters' ``mol`` checks: ``valid``
+from :class:`confdiff.chem.validity.ValidityChecker` for every conformer (without the internal-energy
+check, with the stereo check), and ``pb_valid`` from the ``posebusters`` package itself (the
+``validate`` extra; slow, so on ``--pb-sample`` conformers per molecule and method).
 Bioactive mode (``--bioactive``): N conformers per crystal ligand, and the share of ligands whose
 smallest heavy-atom RMSD is within 0.5, 1.0 and 2.0 A, and the median smallest RMSD.
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -221,6 +226,7 @@ class _Job:
     seed: int
     generated: tuple[Chem.Mol, ...] | None  # a file: method's conformers; None = generate
     model: str | None = None  # checkpoint of the confdiff methods (None: the shipped one)
+    pb_sample: int = 0  # conformers judged by posebusters (0: none)
 
     @property
     def cost(self) -> int:
@@ -235,12 +241,51 @@ class _Outcome:
     num_generated: int
     cpu_s: float | None  # generation CPU time; None for file: methods
     error: str | None
+    validity: tuple[int, int, int, int] = (0, 0, 0, 0)  # valid, checked, posebusters-valid, posebusters-checked
 
 
 def _cpu_seconds() -> float:
     """CPU time of this process and of its finished child processes (xtb runs as one)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _validity(mols: Sequence[Chem.Mol], pb_sample: int) -> tuple[int, int, int, int]:
+    """(passing, checked) conformers of ``mols`` by ``ValidityChecker`` (all of them), then by
+    ``PoseBusters(config="mol")`` (``pb_sample`` of them, evenly spread; a conformer passes when
+    every test does). A molecule the checker cannot be prepared for is not counted."""
+    from ..chem.validity import ValidityChecker, ValidityError
+
+    valid = checked = 0
+    checkers: dict[tuple, ValidityChecker | None] = {}
+    for mol in mols:  # a file: method has one record per conformer, possibly in other atom orders
+        key = (Chem.MolToSmiles(mol, canonical=False), tuple(a.GetAtomicNum() for a in mol.GetAtoms()))
+        if key not in checkers:
+            try:
+                checkers[key] = ValidityChecker.from_mol(mol)
+            except ValidityError:
+                checkers[key] = None
+        if checkers[key] is not None and mol.GetNumConformers():
+            pos = np.stack([c.GetPositions() for c in mol.GetConformers()])
+            valid += int(checkers[key].passes(pos).sum())
+            checked += len(pos)
+    conformers = [(m, c.GetId()) for m in mols for c in m.GetConformers()]
+    if pb_sample <= 0 or not conformers:
+        return valid, checked, 0, 0
+    from posebusters import PoseBusters
+
+    buster = PoseBusters(config="mol")
+    picked = np.unique(np.linspace(0, len(conformers) - 1, min(pb_sample, len(conformers))).round().astype(int))
+    rows = []
+    for k in picked:
+        mol, conf = Chem.Mol(conformers[k][0]), Chem.Conformer(conformers[k][0].GetConformer(conformers[k][1]))
+        mol.RemoveAllConformers()
+        conf.SetId(0)  # posebusters' energy check reads conformer 0 (another id: "Bad Conformer Id", NaN)
+        mol.AddConformer(conf)
+        with rdBase.BlockLogs():
+            rows.append(buster.bust(mol).iloc[0])
+    pb_valid = sum(all(v is True or v == True for v in row.values) for row in rows)  # noqa: E712 -- NaN fails
+    return valid, checked, pb_valid, len(rows)
 
 
 def _run_job(job: _Job) -> _Outcome:
@@ -258,9 +303,11 @@ def _run_job(job: _Job) -> _Outcome:
         rmsd = rmsd_matrix(list(job.reference), generated)
     except Exception as exc:  # noqa: BLE001 -- any failure of one molecule is recorded, the rest go on
         return _Outcome(job.method, job.key, None, num_generated, cpu_s, f"{type(exc).__name__}: {exc}")
+    validity = _validity([generated] if isinstance(generated, Chem.Mol) else list(generated), job.pb_sample)
     if np.isnan(rmsd).all():
-        return _Outcome(job.method, job.key, None, num_generated, cpu_s, "no generated conformer matches the reference")
-    return _Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None)
+        return _Outcome(job.method, job.key, None, num_generated, cpu_s, "no generated conformer matches the reference",
+                        validity)
+    return _Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None, validity)
 
 
 def _one_thread() -> None:
@@ -315,13 +362,14 @@ def _check_methods(methods: Sequence[str]) -> None:
 
 
 def _make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
-               num_confs: Callable[[int], int], seed: int, model: str | None = None) -> list[_Job]:
+               num_confs: Callable[[int], int], seed: int, model: str | None = None, pb_sample: int = 0) -> list[_Job]:
     jobs = []
     for key, records in molecules.items():
         template = _template(records)
         for method in methods:
             generated = tuple(files[method][key]) if method in files else None
-            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model))
+            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model,
+                             pb_sample))
     return jobs
 
 
@@ -344,6 +392,13 @@ def _speed(outcomes: list[_Outcome]) -> float | None:
     return sum(o.num_generated for o in outcomes) / sum(cpu)
 
 
+def _validity_summary(outcomes: list[_Outcome]) -> dict:
+    """Shares of the conformers (of all molecules together) that pass our checks and posebusters'."""
+    valid, checked, pb_valid, pb_checked = (sum(o.validity[k] for o in outcomes) for k in range(4))
+    return {"valid": valid / checked if checked else None, "pb_valid": pb_valid / pb_checked if pb_checked else None,
+            "pb_checked": pb_checked}
+
+
 def _ensemble_summary(outcomes: list[_Outcome], threshold: float, thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
     rows, curves = [], []
     for o in outcomes:
@@ -360,7 +415,7 @@ def _ensemble_summary(outcomes: list[_Outcome], threshold: float, thresholds: np
         summary[f"{name}_median"] = _nan_stat(values, np.median)
     summary["failures"] = sum(o.rmsd is None for o in outcomes)
     summary["confs_per_cpu_s"] = _finite_or_none(_speed(outcomes))
-    return summary, np.mean(curves, axis=0)
+    return summary | _validity_summary(outcomes), np.mean(curves, axis=0)
 
 
 def _bioactive_summary(outcomes: list[_Outcome], thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -369,7 +424,7 @@ def _bioactive_summary(outcomes: list[_Outcome], thresholds: np.ndarray) -> tupl
     summary["median_min_rmsd"] = _finite_or_none(float(np.median(best))) if len(best) else None
     summary["failures"] = int(np.sum(~np.isfinite(best)))
     summary["confs_per_cpu_s"] = _finite_or_none(_speed(outcomes))
-    return summary, np.mean(best[None, :] <= thresholds[:, None], axis=1)
+    return summary | _validity_summary(outcomes), np.mean(best[None, :] <= thresholds[:, None], axis=1)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -378,7 +433,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 _HEADERS = {"cov_r_mean": "COV-R", "mat_r_mean": "MAT-R", "cov_p_mean": "COV-P", "mat_p_mean": "MAT-P",
             "within_0_5": "<0.5A", "within_1_0": "<1.0A", "within_2_0": "<2.0A", "median_min_rmsd": "median",
-            "failures": "fails", "confs_per_cpu_s": "conf/CPU-s"}
+            "valid": "valid", "pb_valid": "pb_valid", "failures": "fails", "confs_per_cpu_s": "conf/CPU-s"}
 
 
 def _display_name(method: str) -> str:
@@ -435,6 +490,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed ({DEFAULT_SEED:#x})")
     parser.add_argument("--model", default=None, help="checkpoint for the confdiff methods (default: the shipped model)")
+    parser.add_argument("--pb-sample", type=int, default=10, metavar="K",
+                        help="conformers per molecule and method judged by posebusters for pb_valid (10; 0: none)")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -448,6 +505,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError(f"-n must be >= 1, got {args.num_confs}")
     if args.threshold <= 0:
         raise ValueError(f"--threshold must be > 0, got {args.threshold}")
+    if args.pb_sample < 0:
+        raise ValueError(f"--pb-sample must be >= 0, got {args.pb_sample}")
     source = args.bioactive if args.bioactive is not None else args.reference
     if not Path(source).is_file():
         raise FileNotFoundError(f"no such file {source!r}")
@@ -483,7 +542,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     files = {m: {k: f[lookup[k]] for k in molecules} for m, f in files.items()}
     num_confs = (lambda k: args.num_confs) if bioactive else (lambda k: 2 * k)
-    outcomes = _run_jobs(_make_jobs(molecules, args.method, files, num_confs, args.seed, args.model), args.num_workers)
+    pb_sample = args.pb_sample
+    if pb_sample and importlib.util.find_spec("posebusters") is None:
+        print("benchmark: posebusters is not installed (pip install confdiff[validate]): no pb_valid", file=sys.stderr)
+        pb_sample = 0
+    jobs = _make_jobs(molecules, args.method, files, num_confs, args.seed, args.model, pb_sample)
+    outcomes = _run_jobs(jobs, args.num_workers)
 
     thresholds = np.linspace(0.0, _CURVE_MAX, _CURVE_POINTS)
     order = {k: i for i, k in enumerate(molecules)}
@@ -502,7 +566,7 @@ def run(args: argparse.Namespace) -> int:
         columns = [f"within_{t:.1f}".replace(".", "_") for t in BIOACTIVE_THRESHOLDS] + ["median_min_rmsd"]
     else:
         columns = [f"{m}_{s}" for m in ("cov_r", "mat_r", "cov_p", "mat_p") for s in ("mean", "median")]
-    _print_table(results, columns + ["failures", "confs_per_cpu_s"])
+    _print_table(results, columns + ["valid", "pb_valid", "failures", "confs_per_cpu_s"])
 
     if args.json:
         report = {
@@ -512,6 +576,7 @@ def run(args: argparse.Namespace) -> int:
             "threshold": None if bioactive else args.threshold,
             "num_confs": args.num_confs if bioactive else "2K",
             "seed": args.seed,
+            "pb_sample": pb_sample,
             "wall_s": wall,
             "methods": results,
             "curves": {"thresholds": thresholds.tolist(), **{m: c.tolist() for m, c in curves.items()}},

@@ -15,7 +15,7 @@ from confdiff.cli import benchmark
 
 ENSEMBLE_KEYS = {
     "cov_r_mean", "cov_r_median", "mat_r_mean", "mat_r_median", "cov_p_mean", "cov_p_median",
-    "mat_p_mean", "mat_p_median", "failures", "confs_per_cpu_s",
+    "mat_p_mean", "mat_p_median", "failures", "confs_per_cpu_s", "valid", "pb_valid", "pb_checked",
 }
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,8 @@ def _args(argv):
 def test_cli_ensemble_mode(reference, tmp_path):
     out, plot = tmp_path / "out.json", tmp_path / "cov.png"
     cmd = [sys.executable, "-m", "confdiff", "benchmark", reference, "--method", "etkdg",
-           "--method", f"file:{reference}", "--threshold", "0.75", "--json", out, "--plot", plot, "--seed", "7"]
+           "--method", f"file:{reference}", "--threshold", "0.75", "--json", out, "--plot", plot, "--seed", "7",
+           "--pb-sample", "1"]
     done = subprocess.run([str(c) for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
@@ -60,6 +61,12 @@ def test_cli_ensemble_mode(reference, tmp_path):
     for key in ("mat_r_mean", "mat_r_median", "mat_p_mean", "mat_p_median"):
         assert own[key] == pytest.approx(0.0, abs=1e-4)
     assert own["confs_per_cpu_s"] is None  # read, not generated
+    for row in methods.values():  # ETKDG conformers pass PoseBusters' checks
+        assert row["valid"] == 1.0
+        if _has_posebusters():
+            assert row["pb_checked"] == 2 and row["pb_valid"] == 1.0
+        else:
+            assert row["pb_checked"] == 0 and row["pb_valid"] is None
     assert methods["etkdg"]["confs_per_cpu_s"] > 0
     assert plot.stat().st_size > 0
     assert "etkdg" in done.stdout and "COV-R" in done.stdout
@@ -68,7 +75,7 @@ def test_cli_ensemble_mode(reference, tmp_path):
 def test_bioactive_mode(reference, tmp_path, capsys):
     out = tmp_path / "bio.json"
     argv = ["--bioactive", reference, "-n", "4", "--method", "etkdg", "--method", f"file:{reference}",
-            "--json", out, "--max-molecules", "3"]
+            "--json", out, "--max-molecules", "3", "--pb-sample", "0"]
     assert benchmark.run(_args(argv)) == 0
     report = json.loads(out.read_text())
     assert report["num_molecules"] == 3
@@ -78,6 +85,7 @@ def test_bioactive_mode(reference, tmp_path, capsys):
     etkdg = report["methods"]["etkdg"]
     assert {"within_0_5", "within_1_0", "within_2_0", "median_min_rmsd"} <= set(etkdg)
     assert etkdg["within_0_5"] <= etkdg["within_1_0"] <= etkdg["within_2_0"]
+    assert etkdg["valid"] == 1.0 and etkdg["pb_valid"] is None and etkdg["pb_checked"] == 0
 
 
 def test_failed_molecules_count_zero(reference, tmp_path, monkeypatch, capsys):
@@ -88,16 +96,34 @@ def test_failed_molecules_count_zero(reference, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setitem(benchmark.METHODS, "broken", broken)
     out = tmp_path / "out.json"
-    assert benchmark.run(_args([reference, "--method", "broken", "--method", f"file:{reference}", "--json", out])) == 0
+    argv = [reference, "--method", "broken", "--method", f"file:{reference}", "--json", out, "--pb-sample", "0"]
+    assert benchmark.run(_args(argv)) == 0
     row = json.loads(out.read_text())["methods"]["broken"]
     assert row["failures"] == 1
     assert row["cov_r_mean"] <= 0.5 and row["cov_p_mean"] <= 0.5  # one molecule contributes COV 0
     assert "deliberately broken" in capsys.readouterr().err
 
 
+def _has_posebusters() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("posebusters") is not None
+
+
+def test_validity_counts_every_conformer_and_a_posebusters_sample():
+    mol = benchmark.generate_etkdg(Chem.AddHs(Chem.MolFromSmiles("CCCCO")), 4, 1)
+    conf = mol.GetConformer(mol.GetConformers()[0].GetId())
+    conf.SetAtomPosition(0, (conf.GetAtomPosition(0) + conf.GetAtomPosition(0) - conf.GetAtomPosition(1)))  # C0-C1 x2
+    assert benchmark._validity([mol], 0) == (3, 4, 0, 0)
+    if _has_posebusters():  # posebusters judges conformers 0 and 3 (evenly spread): the first fails
+        assert mol.GetConformers()[3].GetId() != 0  # posebusters' energy check reads conformer 0 only
+        assert benchmark._validity([mol], 2) == (3, 4, 1, 2)
+
+
 def test_bad_arguments(reference, capsys):
     assert benchmark.run(_args([reference, "--method", "nonsense"])) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert benchmark.run(_args([reference, "--method", "etkdg", "--pb-sample", "-1"])) == 2
     assert benchmark.run(_args(["--method", "etkdg"])) == 2
     assert benchmark.run(_args([reference, "--method", "file:/does/not/exist.sdf"])) == 2
 
@@ -107,7 +133,8 @@ def test_confdiff_methods_take_a_model_and_name_an_unusable_mode(reference, tmp_
 
     model = save_tiny_model(tmp_path / "tiny.pt")
     out = tmp_path / "out.json"
-    argv = [reference, "--method", "confdiff-torsions", "--method", "confdiff-full", "--model", model, "--json", out]
+    argv = [reference, "--method", "confdiff-torsions", "--method", "confdiff-full", "--model", model, "--json", out,
+            "--pb-sample", "0"]
     assert benchmark.run(_args(argv)) == 0
     methods = json.loads(out.read_text())["methods"]
     assert methods["confdiff-torsions"]["failures"] == 0 and methods["confdiff-torsions"]["cov_r_mean"] > 0
