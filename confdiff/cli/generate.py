@@ -38,6 +38,7 @@ __all__ = ["add_arguments", "completed_records", "keep_freed_memory", "run"]
 
 RECORD = "record"  # 1-based input record number, on every output record
 ENSEMBLE_SIZE = "ensemble_size"  # conformers written for that input record
+REJECTED_DRAWS = "rejected_draws"  # draws of that input that the validity gate replaced
 RELAX_CHOICES = ("none", "mmff", "gfnff", "gfn2")
 
 
@@ -77,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="most atoms (all conformers of all molecules together) in one graph batch; "
                              "bounds memory (20000)")
     parser.add_argument("--num-workers", type=int, default=1, help="CPU threads for torch, ETKDG seeds and xtb (1)")
+    parser.add_argument("--no-validity-gate", action="store_true",
+                        help="write the sampler's draws as they are, without replacing those that fail a validity check")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
     parser.add_argument("--errors", default=None, metavar="TSV", help="write failures here instead of stderr")
     parser.add_argument("--resume", action="store_true", help="complete an interrupted run's output file")
@@ -310,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         generator = ConformerGenerator(
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
-            num_workers=args.num_workers, mode=args.mode,
+            num_workers=args.num_workers, mode=args.mode, validity_gate=not args.no_validity_gate,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))
@@ -318,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     report = _Report(errors_path, append=args.resume, progress=not args.no_progress and sys.stderr.isatty())
     sink = SDFWriter(out_path, mode="stream") if out_path is not None else _StdoutSink()
     pending: deque = deque()
-    molecules = conformers = 0
+    molecules = conformers = rejected = draws = 0
     start = time.perf_counter()
     try:
         results = generator.generate_many(_inputs(args, shard, num_shards, done, report, pending),
@@ -338,9 +341,12 @@ def run(args: argparse.Namespace) -> int:
                     props["energy"] = f"{conf.GetDoubleProp('energy'):.4f}"
                 conf_props.append(props)
             sink.write(result.mol, [c.GetId() for c in confs], name=name,
-                       props={**input_props, RECORD: record, ENSEMBLE_SIZE: len(confs)}, conf_props=conf_props)
+                       props={**input_props, RECORD: record, ENSEMBLE_SIZE: len(confs),
+                              REJECTED_DRAWS: result.rejected_draws}, conf_props=conf_props)
             molecules += 1
             conformers += len(confs)
+            rejected += result.rejected_draws
+            draws += result.num_draws
             report.done(conformers, time.perf_counter() - start)
     except MoleculeInputError as err:
         report.failure(None, args.input, str(err))
@@ -349,6 +355,9 @@ def run(args: argparse.Namespace) -> int:
         report.close()
     elapsed = time.perf_counter() - start
     where = f" (see {errors_path})" if errors_path is not None and report.num_failed else ""
+    if draws:
+        print(f"confdiff generate: validity gate: {rejected} of {draws} draws failed a check or the "
+              f"stereochemistry and were replaced by new draws", file=sys.stderr)
     print(f"confdiff generate: {molecules} molecules, {conformers} conformers, {report.num_failed} failed{where}, "
           f"{elapsed:.1f} s", file=sys.stderr)
     return 1 if report.num_failed else 0

@@ -14,13 +14,20 @@ seed's with the input's; a conformer that breaks it is fixed by dropping its coo
 In the ``"full"`` mode (``confdiff.conformers.diffusion.MODES``) there are no seeds: every coordinate comes
 from the prior. ``FULL_MODE_DRAWS * n`` conformers are drawn; one whose specified configurations
 are all inverted is mirrored (a reflection inverts every tetrahedral centre and keeps double
-bonds), one with some, but not all, inverted is not used, and the first ``n`` usable ones are kept
-(``conformer_index`` is the draw's index; fewer than ``n`` with a warning).
+bonds), one with some, but not all, inverted is not used.
+
+The validity gate (``validity_gate=True``, the default): every conformer is checked by
+:class:`confdiff.chem.validity.ValidityChecker` (PoseBusters' geometry checks and the input's
+stereochemistry); a draw that fails is not used, and more draws ``n, n + 1, ...`` are made in
+rounds until ``n`` pass or ``GATE_MAX_DRAWS * n`` were drawn. The first ``n`` usable draws are kept
+(``conformer_index`` is the draw's index); a molecule with fewer gets a warning that names the
+checks that failed. ``GenerationResult.rejected_draws`` counts the draws that were not used.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import shutil
@@ -41,6 +48,7 @@ from ..chem.io import MoleculeRejected, check_molecule, mol_name
 from ..chem.ensembles import EnsembleError, select_conformers
 from ..chem.relax import RelaxationError
 from ..chem.stereo import StereoCheck
+from ..chem.validity import ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from ..diffusion.samplers import SAMPLERS, time_grid
 from ..nn.score_model import ScoreModel, ScoreModelConfig
@@ -63,7 +71,8 @@ DEFAULT_MODEL = "default"
 DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion steps per mode
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
-FULL_MODE_DRAWS = 2  # the full mode draws this many conformers per one asked for, and keeps the first usable
+FULL_MODE_DRAWS = 2  # the full mode's first round draws this many conformers per one asked for
+GATE_MAX_DRAWS = 4  # the validity gate draws at most this many conformers per one asked for
 
 
 class GenerationError(RuntimeError):
@@ -80,7 +89,9 @@ class GenerationResult:
     """One input's outcome: ``mol`` with the conformers, or ``error`` (then ``mol`` is None).
 
     index : position of the input in the iterable given to ``generate_many``.
-    warnings : what was changed or noticed (salt stripped, conformers fixed, stereoisomers mixed).
+    warnings : what was changed or noticed (salt stripped, fewer conformers than asked, stereoisomers mixed).
+    rejected_draws : draws not used (a wrong configuration in the full mode, a failed validity
+        check), of ``num_draws`` drawn.
     """
 
     index: int
@@ -88,6 +99,8 @@ class GenerationResult:
     mol: Chem.Mol | None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    rejected_draws: int = 0
+    num_draws: int = 0
 
     @property
     def ok(self) -> bool:
@@ -200,6 +213,7 @@ class _Job:
     seed_signs: np.ndarray  # (S, C + D)
     seed_lengths: np.ndarray  # (S, B) bond lengths
     check: StereoCheck
+    validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
 
     @property
@@ -225,6 +239,8 @@ class ConformerGenerator:
     prune_rms : drop conformers within this heavy-atom RMSD (Angstrom) of a kept one.
     energy_window : after relaxation, keep conformers within this many kcal/mol of the lowest.
     num_workers : threads for the ETKDG seeds and for xtb.
+    validity_gate : only conformers that pass the validity checks are returned; failing draws are
+        replaced by new ones (see the module docstring).
     mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
         ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
         (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
@@ -243,6 +259,7 @@ class ConformerGenerator:
         prune_rms: float | None = None,
         energy_window: float | None = None,
         num_workers: int = 1,
+        validity_gate: bool = True,
         mode: str = "refine",
     ):
         steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
@@ -279,6 +296,7 @@ class ConformerGenerator:
         self.prune_rms = prune_rms
         self.energy_window = energy_window
         self.num_workers = num_workers
+        self.validity_gate = validity_gate
         self.mode = mode
 
     # --- public API -------------------------------------------------------------------------------
@@ -337,10 +355,16 @@ class ConformerGenerator:
                                         f"{self.max_atoms_per_batch}; raise it (--batch-size) if memory allows")
         check = StereoCheck.from_mol(mol)
         graph = featurize(mol)
+        validity = None
+        if self.validity_gate:
+            try:
+                validity = ValidityChecker.from_mol(mol)
+            except ValidityError as err:
+                raise GenerationError(name, f"the validity checks cannot be prepared: {err}") from None
         if self.mode == "full":
             zero = np.zeros((1, mol.GetNumAtoms(), 3))
             return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
-                        _bond_lengths(zero, graph), check, notes)
+                        _bond_lengths(zero, graph), check, validity, notes)
         num_seeds = -(-n // self.conformers_per_seed)
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
@@ -356,49 +380,70 @@ class ConformerGenerator:
             notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
                          "configuration, so the ensemble mixes stereoisomers")
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
-                    _bond_lengths(seeds, graph), check, notes)
+                    _bond_lengths(seeds, graph), check, validity, notes)
 
     def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
-        """Sample the jobs of ``pack`` together and yield every result of the pack in order."""
-        draws = FULL_MODE_DRAWS * n if self.mode == "full" else n
-        samples = self._sample_all([item for item in pack if isinstance(item, _Job)], draws, seed)
+        """Sample the jobs of ``pack`` together, in rounds until each has ``n`` usable draws or its
+        ``GATE_MAX_DRAWS * n`` draws are spent, and yield every result of the pack in order."""
+        jobs = [item for item in pack if isinstance(item, _Job)]
+        first = FULL_MODE_DRAWS * n if self.mode == "full" else n
+        draws = {id(job): first for job in jobs}
+        usable: dict[int, dict[int, np.ndarray]] = {id(job): {} for job in jobs}  # {draw index: (N, 3)}
+        failed: dict[int, dict[str, int]] = {id(job): {} for job in jobs}  # {check: draws failing it}
+        errors: dict[int, Exception] = {}
+        tasks = {id(job): (job, range(first)) for job in jobs}
+        while tasks:
+            for key, outcome in self._sample_all(tasks, seed).items():
+                if isinstance(outcome, Exception):
+                    errors[key] = outcome
+                else:
+                    usable[key].update(self._usable(*outcome, failed[key]))
+            tasks = {}
+            for job in jobs if self.validity_gate else ():
+                key = id(job)
+                missing, room = n - len(usable[key]), GATE_MAX_DRAWS * n - draws[key]
+                if key in errors or missing <= 0 or room <= 0:
+                    continue
+                rate = max(len(usable[key]) / draws[key], 0.1)  # the pass rate so far, at least 1 in 10
+                more = min(room, math.ceil(missing / rate))
+                tasks[key] = (job, range(draws[key], draws[key] + more))
+                draws[key] += more
         for item in pack:
             if isinstance(item, GenerationResult):
                 yield item
                 continue
             try:
-                outcome = samples[id(item)]
-                if isinstance(outcome, Exception):
-                    raise outcome
-                yield self._finish(item, *outcome, seed, n)
+                if id(item) in errors:
+                    raise errors[id(item)]
+                yield self._finish(item, usable[id(item)], draws[id(item)], failed[id(item)], seed, n)
             except _MOLECULE_ERRORS as err:
                 yield _failure(item.index, item.name, err)
 
-    def _sample_all(self, jobs: list[_Job], n: int, seed: int) -> dict[int, tuple | Exception]:
-        """``id(job) -> (pos, rigid)`` sampled in shared batches; when that runs out of memory,
-        every job is sampled alone so that only the culprit gets the error."""
-        if not jobs:
-            return {}
+    def _sample_all(self, tasks: dict[int, tuple[_Job, range]], seed: int) -> dict[int, tuple | Exception]:
+        """``id(job) -> (job, indices, pos, rigid)`` for ``tasks: id(job) -> (job, draw indices)``,
+        sampled in shared batches; when that runs out of memory, every job is sampled alone so
+        that only the culprit gets the error."""
         try:
-            return dict(zip(map(id, jobs), self._sample(jobs, n, seed)))
+            return self._sample(list(tasks.values()), seed)
         except torch.OutOfMemoryError as err:
-            if len(jobs) == 1:
-                return {id(jobs[0]): err}
-        return {id(job): self._sample_all([job], n, seed)[id(job)] for job in jobs}
+            if len(tasks) == 1:
+                return {key: err for key in tasks}
+        return {key: self._sample_all({key: task}, seed)[key] for key, task in tasks.items()}
 
     @torch.no_grad()
-    def _sample(self, jobs: list[_Job], n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Reverse diffusion for conformers ``0..n-1`` of every job, in batches of at most
-        ``max_atoms_per_batch`` atoms. Per job ``(pos, rigid)``, each (n, N, 3): the conformers and
-        their torsion-only part ``T(seed, d)`` without the coordinate refinement ``e``."""
-        tasks = [(job, i) for job in jobs for i in range(n)]
-        out = {id(job): (np.empty((n, job.num_atoms, 3), np.float32), np.empty((n, job.num_atoms, 3), np.float32))
-               for job in jobs}
+    def _sample(self, tasks: list[tuple[_Job, range]], seed: int) -> dict[int, tuple]:
+        """Reverse diffusion for the given draws of every job, in batches of at most
+        ``max_atoms_per_batch`` atoms. Per job ``(job, indices, pos, rigid)``, each of the last two
+        (D, N, 3): the conformers and their torsion-only part ``T(seed, d)`` without the
+        coordinate refinement ``e``."""
+        out = {id(job): (job, np.asarray(indices), np.empty((len(indices), job.num_atoms, 3), np.float32),
+                         np.empty((len(indices), job.num_atoms, 3), np.float32)) for job, indices in tasks}
+        draws = [(job, i, k) for job, indices in tasks for k, i in enumerate(indices)]
         ts = time_grid(self.steps).to(self.device)
-        for chunk in self._chunks(tasks):
-            batch = Batch.from_data_list([job.graph for job, _ in chunk]).to(self.device)
-            pos_ref = torch.cat([job.seeds[self._seed_of(job, i)] for job, i in chunk]).to(self.device)
-            generators = conformer_generators(seed, [i for _, i in chunk])
+        for chunk in self._chunks(draws):
+            batch = Batch.from_data_list([job.graph for job, _, _ in chunk]).to(self.device)
+            pos_ref = torch.cat([job.seeds[self._seed_of(job, i)] for job, i, _ in chunk]).to(self.device)
+            generators = conformer_generators(seed, [i for _, i, _ in chunk])
             sde = self.diffusion.sde(batch, self.mode)
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
@@ -407,10 +452,10 @@ class ConformerGenerator:
             # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
             rigid = pos - sde.space.split(y)[-1] if self.mode == "refine" else pos
             sizes = batch.ptr.diff().tolist()
-            for (job, i), full_i, rigid_i in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
-                out[id(job)][0][i] = full_i.numpy()
-                out[id(job)][1][i] = rigid_i.numpy()
-        return [out[id(job)] for job in jobs]
+            for (job, _, k), full_k, rigid_k in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
+                out[id(job)][2][k] = full_k.numpy()
+                out[id(job)][3][k] = rigid_k.numpy()
+        return out
 
     def _chunks(self, tasks: list) -> Iterator[list]:
         """Consecutive runs of ``(job, i)`` tasks with at most ``max_atoms_per_batch`` atoms each."""
@@ -428,55 +473,57 @@ class ConformerGenerator:
     def _seed_of(self, job: _Job, i: int) -> int:
         return (i // self.conformers_per_seed) % len(job.seeds)
 
-    def _finish(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, seed: int, n: int) -> GenerationResult:
-        """Stereo fix, then relaxation, energy window and pruning; the conformers as one ``Mol``."""
-        notes = list(job.warnings)
+    def _usable(self, job: _Job, indices: np.ndarray, pos: np.ndarray, rigid: np.ndarray,
+                failed: dict[str, int]) -> dict[int, np.ndarray]:
+        """The usable draws ``{draw index: (N, 3)}`` of ``pos (D, N, 3)``: the configuration fixed (refine:
+        a conformer that changed its seed's configuration or stretched a bond by over
+        ``MAX_BOND_STRETCH`` takes its torsion-only part ``rigid``; full: a mirror image is
+        reflected, any other wrong configuration is not used), then the validity gate. Counts
+        each check's failures in ``failed``."""
         if self.mode == "full":
-            pos = self._fix_full(job, pos, notes, n)
+            good = job.check.matches_input(pos)
+            mirrored = ~good & job.check.matches_input(-pos)
+            pos = np.where(mirrored[:, None, None], -pos, pos)
+            keep = good | mirrored
+            if (~keep).any():
+                failed["stereochemistry"] = failed.get("stereochemistry", 0) + int((~keep).sum())
         else:
-            pos = self._fix_refined(job, pos, rigid, notes)
+            seed_of = np.array([self._seed_of(job, i) for i in indices])
+            stretch = np.abs(_bond_lengths(pos, job.graph) - job.seed_lengths[seed_of])
+            broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
+            broken |= (stretch > MAX_BOND_STRETCH).any(axis=1)
+            pos = np.where(broken[:, None, None], rigid, pos)
+            keep = np.ones(len(pos), dtype=bool)
+        if job.validity is not None:
+            verdicts = job.validity.check(pos)
+            for name, ok in verdicts.items():
+                if (keep & ~ok).any():
+                    failed[name] = failed.get(name, 0) + int((keep & ~ok).sum())
+                keep &= ok
+        return {int(i): p for i, p, k in zip(indices, pos, keep) if k}
+
+    def _finish(self, job: _Job, usable: dict[int, np.ndarray], draws: int, failed: dict[str, int], seed: int,
+                n: int) -> GenerationResult:
+        """The first ``n`` usable draws, relaxed, windowed and pruned as asked, as one ``Mol``."""
+        notes = list(job.warnings)
+        if not usable:
+            raise GenerationError(job.name, f"none of {draws} draws was usable ({_failed_checks(failed)})")
+        used = sorted(usable)[:n]
+        if len(used) < n:
+            notes.append(f"only {len(used)} of {draws} draws were usable ({_failed_checks(failed)}): "
+                         f"{len(used)} conformers instead of {n}")
         out = Chem.Mol(job.mol)
-        for i, xyz in pos.items():
+        for i in used:
             conf = Chem.Conformer(out.GetNumAtoms())
-            conf.SetPositions(xyz.astype(np.float64))
+            conf.SetPositions(usable[i].astype(np.float64))
             conf.SetIntProp("conformer_index", i)
             conf.SetIntProp("seed", seed)
             out.AddConformer(conf, assignId=True)
         if self.relax is not None or self.prune_rms is not None:
             self._select(out, notes)
         out.SetProp("_Name", job.name)
-        return GenerationResult(job.index, job.name, out, None, notes)
-
-    def _fix_refined(self, job: _Job, pos: np.ndarray, rigid: np.ndarray, notes: list[str]) -> dict[int, np.ndarray]:
-        """Conformers ``pos (n, N, 3)`` that changed their seed's configuration or stretched a bond take
-        their rigid torsion-only part instead; returns ``{conformer index: (N, 3)}``."""
-        seed_of = np.array([self._seed_of(job, i) for i in range(len(pos))])
-        stretch = np.abs(_bond_lengths(pos, job.graph) - job.seed_lengths[seed_of])
-        broken = (job.check.signs(pos) != job.seed_signs[seed_of]).any(axis=1)
-        broken |= (stretch > MAX_BOND_STRETCH).any(axis=1)
-        if broken.any():
-            pos = np.where(broken[:, None, None], rigid, pos)
-            notes.append(f"{int(broken.sum())} of {len(pos)} conformers changed a configuration or stretched a bond "
-                         f"by over {MAX_BOND_STRETCH} A; their coordinate refinement was dropped (torsion changes kept)")
-        return dict(enumerate(pos))
-
-    def _fix_full(self, job: _Job, pos: np.ndarray, notes: list[str], n: int) -> dict[int, np.ndarray]:
-        """The first ``n`` usable of the full-coordinate draws ``pos (D, N, 3)`` (zero CoM): a draw
-        with every specified configuration inverted is mirrored; one with some inverted, or a
-        specified centre flat, is not used."""
-        good = job.check.matches_input(pos)
-        mirrored = ~good & job.check.matches_input(-pos)
-        pos = np.where(mirrored[:, None, None], -pos, pos)
-        if mirrored.any():
-            notes.append(f"{int(mirrored.sum())} of {len(pos)} draws came out as the mirror image and were reflected")
-        kept = good | mirrored
-        if not kept.any():
-            raise GenerationError(job.name, "no full-coordinate conformer has the input's stereochemistry")
-        used = np.flatnonzero(kept)[:n]
-        if len(used) < n:
-            notes.append(f"only {len(used)} of {len(pos)} draws had the input's configurations (or their mirror "
-                         f"image): {len(used)} conformers instead of {n}")
-        return {int(i): pos[i] for i in used}
+        return GenerationResult(job.index, job.name, out, None, notes, rejected_draws=draws - len(usable),
+                                num_draws=draws)
 
     def _select(self, mol: Chem.Mol, notes: list[str]) -> None:
         """Relaxation, stereo check, energy window and pruning (``chem.ensembles.select_conformers``), in
@@ -496,6 +543,12 @@ class ConformerGenerator:
 # the score model, a CUDA error) is a bug and propagates with its traceback.
 _MOLECULE_ERRORS = (GenerationError, MoleculeRejected, EmbeddingError, FeaturizationError, RelaxationError,
                     EnsembleError, torch.OutOfMemoryError)
+
+
+def _failed_checks(failed: dict[str, int]) -> str:
+    """``"failed: internal_steric_clash 12, bond_lengths 3"``, most frequent first."""
+    ranked = sorted(failed.items(), key=lambda kv: -kv[1])
+    return "failed: " + ", ".join(f"{name} {count}" for name, count in ranked) if ranked else "no check failed"
 
 
 def _item_name(item: Chem.Mol | str) -> str:
@@ -526,6 +579,7 @@ def generate(
     device: str | None = None,
     model: str | os.PathLike | None = None,
     mode: str = "refine",
+    validity_gate: bool = True,
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -537,5 +591,6 @@ def generate(
     """
     device = _resolve_device(device)
     loaded = _cached_model(None if model is None else str(model), str(device), mode)
-    generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode)
+    generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
+                                   validity_gate=validity_gate)
     return generator.generate(mol_or_smiles, n, seed=seed)

@@ -82,7 +82,8 @@ def test_cli_on_a_multi_molecule_sdf_with_a_broken_record(tmp_path, model_path):
         source = inputs[record - 1]
         name = source.GetProp("_Name")
         assert [m.GetProp("_Name") for m in confs] == [name] * N
-        assert [int(m.GetProp("conformer_index")) for m in confs] == list(range(N))
+        indices = [int(m.GetProp("conformer_index")) for m in confs]  # draws; failing ones were replaced
+        assert len(indices) == N and indices == sorted(set(indices))
         assert {m.GetProp("seed") for m in confs} == {"11"} and {m.GetProp("ensemble_size") for m in confs} == {str(N)}
         assert all(graph_of(m) == graph_of(source) for m in confs)  # the input's atom order
         expected = Chem.MolToSmiles(Chem.MolFromSmiles(MOLECULES[name]))

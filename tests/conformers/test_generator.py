@@ -22,6 +22,7 @@ from confdiff.conformers.generator import (
     load_model,
 )
 from confdiff.chem.stereo import StereoCheck
+from confdiff.chem.validity import ValidityChecker
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from tests.conformers.oracles import GaussianConformer
 
@@ -132,8 +133,7 @@ class _ScramblingModel(torch.nn.Module):
 def test_a_conformer_that_breaks_the_stereochemistry_is_fixed():
     scrambler = ConformerGenerator((_ScramblingModel(), ConformerDiffusion()), device="cpu", steps=2)
     result = next(scrambler.generate_many([STEREO_SMILES], n=6, seed=0))
-    assert result.ok and result.mol.GetNumConformers() == 6
-    assert any("coordinate refinement was dropped" in w for w in result.warnings)
+    assert result.ok and result.mol.GetNumConformers() == 6 and not result.warnings
     expected = Chem.MolToSmiles(Chem.MolFromSmiles(STEREO_SMILES))
     assert all(stereo_from_3d(result.mol, c.GetId()) == expected for c in result.mol.GetConformers())
 
@@ -284,12 +284,11 @@ def test_full_mode_mirrors_enantiomers_and_drops_other_stereoisomers():
     expected = Chem.MolToSmiles(Chem.MolFromSmiles(CHIRAL))
     enantiomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@H](C)O"), device="cpu", mode="full", steps=50)
     result = next(enantiomer.generate_many([CHIRAL], n=4, seed=0))
-    assert result.ok and result.mol.GetNumConformers() == 4
-    assert any("mirror image and were reflected" in w for w in result.warnings)
+    assert result.ok and result.mol.GetNumConformers() == 4 and result.rejected_draws == 0
     assert all(stereo_from_3d(result.mol, c.GetId()) == expected for c in result.mol.GetConformers())
     diastereomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@@H](C)O"), device="cpu", mode="full", steps=50)
     result = next(diastereomer.generate_many([CHIRAL], n=4, seed=0))
-    assert not result.ok and "no full-coordinate conformer has the input's stereochemistry" in result.error
+    assert not result.ok and "none of 16 draws was usable (failed: stereochemistry 16)" in result.error
 
 
 class _AlternatingOracle(torch.nn.Module):
@@ -315,8 +314,53 @@ def test_full_mode_keeps_the_first_n_usable_draws(monkeypatch):
     result = next(gen.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 4  # draws 0..7: four usable
     monkeypatch.setattr(confdiff.conformers.generator, "FULL_MODE_DRAWS", 1)
-    result = next(gen.generate_many([CHIRAL], n=4, seed=0))
+    ungated = ConformerGenerator((_AlternatingOracle(good, bad), diffusion), device="cpu", mode="full", steps=50,
+                                 validity_gate=False)
+    result = next(ungated.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 2 and any("2 conformers instead of 4" in w for w in result.warnings)
+    result = next(gen.generate_many([CHIRAL], n=4, seed=0))  # draws 0..3, then 4..7 from the pass rate 1/2
+    assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 4, 6]
+    assert result.rejected_draws == 4 and not result.warnings
+
+
+class _SquashedOracle(torch.nn.Module):
+    """Graphs 1, 4, 7, ... of a batch sample the conformer shrunk to half its size (bonds far too
+    short, atoms clashing; every configuration kept), the others the conformer itself."""
+
+    def __init__(self, good: GaussianConformer):
+        super().__init__()
+        self.good, self.small = good, GaussianConformer(good.mu * 0.5, good.s)
+
+    def forward(self, batch):
+        tor, good = self.good(batch)
+        _, small = self.small(batch)
+        return tor, torch.where((batch.batch % 3 == 1)[:, None], small, good)
+
+
+def test_the_validity_gate_redraws_failing_conformers_and_never_returns_one(monkeypatch):
+    good, diffusion = gaussian_oracle(CHIRAL, s=0.02)
+    monkeypatch.setattr(confdiff.conformers.generator, "FULL_MODE_DRAWS", 1)
+    gen = ConformerGenerator((_SquashedOracle(good), diffusion), device="cpu", mode="full", steps=50)
+    result = next(gen.generate_many([CHIRAL], n=5, seed=0))
+    # round 1: draws 0-4, 1 and 4 fail; round 2: ceil(2 / (3/5)) = 4 more, 5-8, of which 6 fails
+    assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 3, 5, 7]
+    assert result.rejected_draws == 3 and not result.warnings
+    checker = ValidityChecker.from_mol(result.mol)
+    assert checker.passes(np.stack([c.GetPositions() for c in result.mol.GetConformers()])).all()
+    ungated = ConformerGenerator((_SquashedOracle(good), diffusion), device="cpu", mode="full", steps=50,
+                                 validity_gate=False)
+    raw = next(ungated.generate_many([CHIRAL], n=5, seed=0)).mol
+    assert checker.passes(np.stack([c.GetPositions() for c in raw.GetConformers()])).tolist() == [
+        True, False, True, True, False]
+
+
+def test_a_molecule_without_enough_valid_draws_is_named_with_the_failed_checks():
+    good, diffusion = gaussian_oracle(CHIRAL, s=0.02)
+    squashed = GaussianConformer(good.mu * 0.5, good.s)  # every draw fails
+    result = next(ConformerGenerator((squashed, diffusion), device="cpu", mode="full", steps=30)
+                  .generate_many([CHIRAL], n=3, seed=0))
+    assert not result.ok and result.error.startswith("none of 12 draws was usable (failed: ")
+    assert "bond_lengths 12" in result.error
 
 
 def test_full_mode_needs_a_model_trained_for_it(model):
@@ -330,7 +374,7 @@ def test_the_shipped_models_serve_every_mode():
     refine, full = load_model(), load_model(mode="full")
     assert refine[1].config.full_fraction == 0 and full[1].config.full_fraction > 0
     assert full[0].config.centre_vector
-    mol = confdiff.generate("CC(=O)Nc1ccc(O)cc1", n=3, seed=0, steps=5, mode="full", device="cpu")
+    mol = confdiff.generate("CC(=O)Nc1ccc(O)cc1", n=3, seed=0, steps=5, mode="full", device="cpu", validity_gate=False)
     assert 1 <= mol.GetNumConformers() <= 3
 
 
