@@ -123,7 +123,7 @@ SAMPLER_SETTINGS = {
     "rk45": (4, {"rtol": 1e-2, "atol": 1e-2}),
     "euler_maruyama": (20, {}),
     "predictor_corrector": (20, {}),
-    "annealed_langevin": (20, {"n_steps_each": 1, "step_scale": 1.0}),
+    "annealed_langevin": (30, {"n_steps_each": 1, "step_scale": 1.0}),
 }
 
 
