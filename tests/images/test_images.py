@@ -258,12 +258,12 @@ def test_cli_image_sample_writes_npz_and_grid(tmp_path, shipped):
     np.testing.assert_array_equal(data["images"], expected[:, 0].numpy())  # every argument reached the sampler
     other = sample_images(shipped, 6, sampler="ddim", steps=5, labels=torch.full((6,), 4), guidance=2.0, seed=2)
     assert not torch.equal(other, expected)  # so the comparison above can tell seeds apart
-    # the grid: 10 per row, a 1-pixel border, scaled 4x, grey levels of 8 bits
+    # the grid: 10 per row, a 1-pixel border, scaled 4x; the colormap floors to one of 256 greys
     png = matplotlib.image.imread(str(grid))[..., 0]
     assert png.shape == (4 * (8 + 2), 4 * (10 * 9 + 1))
     for i, img in enumerate(data["images"]):
         tile = png[4:4 + 32:4, 4 * (1 + 9 * i):4 * (1 + 9 * i) + 32:4]
-        np.testing.assert_allclose(tile, img, atol=1 / 255 + 1e-6)
+        np.testing.assert_allclose(tile, img, atol=2 / 255)
 
 
 def test_image_code_and_core_never_import_rdkit():
