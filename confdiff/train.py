@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .seeding import derive_seed
+
 __all__ = [
     "CHECKPOINT_NAME",
     "LOG_NAME",
@@ -96,7 +98,7 @@ class TrainConfig:
             raise ValueError(f"lr_decay_start must be in [0, max_steps), got {self.lr_decay_start}")
         if not 0 < self.lr_final_ratio <= 1:
             raise ValueError(f"lr_final_ratio must be in (0, 1], got {self.lr_final_ratio}")
-        for name in ("warmup_steps", "eval_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("log_every", "checkpoint_every"):
@@ -139,7 +141,7 @@ def load_ema_weights(model: torch.nn.Module, checkpoint: dict | str | os.PathLik
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     """A distinct 63-bit seed per (run seed, step, rank)."""
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729 + 1) % (2**63 - 1)
+    return derive_seed(seed, step, rank)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from rdkit import Chem, rdBase
 
+from ..seeding import derive_seed
 from .embed import EmbeddingError
 from .ensembles import BuildConfig, Ensemble, EnsembleError, build_ensemble
 from .io import SDFWriter, read_molecules
@@ -107,7 +108,8 @@ def _candidates(
 
 
 def _molecule_seed(config: BuildConfig, index: int) -> int:
-    return (config.seed + 7919 * index) % (2**31 - 1)
+    """The seed of the molecule at input index ``index``, in RDKit's range (not the shard's or the worker's)."""
+    return derive_seed(config.seed, index) % (2**31 - 1)
 
 
 def _build_one(args: tuple[_Candidate, BuildConfig]) -> tuple[_Candidate, Ensemble | None, str | None]:

@@ -66,6 +66,8 @@ class BuildConfig:
             raise ValueError(f"num_conformers must be >= 1, got {self.num_conformers}")
         if self.oversample < 1:
             raise ValueError(f"oversample must be >= 1, got {self.oversample}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.relax not in RELAX_METHODS:
             raise ValueError(f"relax must be one of {RELAX_METHODS}, got {self.relax!r}")
         if self.energy_window <= 0:

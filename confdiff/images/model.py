@@ -25,6 +25,7 @@ from ..diffusion.schedules import VPCosine
 from ..diffusion.sde import SDE
 from ..diffusion.spaces import Euclidean
 from ..nn.unet import UNet, UNetConfig
+from ..seeding import derive_seed
 from ..train import load_checkpoint
 from .data import to_unit
 
@@ -157,8 +158,8 @@ def default_model_path() -> importlib.resources.abc.Traversable:
 
 # ============================================================================ sampling
 def _generators(seed: int, start: int, n: int) -> list[torch.Generator]:
-    """One generator per image: image ``i`` of seed ``s`` does not depend on the batch."""
-    return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(start, start + n)]
+    """One generator per image, seeded from ``(seed, i)``: image ``i`` does not depend on the batch."""
+    return [torch.Generator().manual_seed(derive_seed(seed, i)) for i in range(start, start + n)]
 
 
 @torch.no_grad()

@@ -71,7 +71,7 @@ def test_cli_on_a_multi_molecule_sdf_with_a_broken_record(tmp_path, model_path):
     proc = subprocess.run(
         [sys.executable, "-m", "confdiff", "generate", "in.sdf", "-n", str(N), "-o", "out.sdf", "--seed", "11",
          "--model", model_path, "--steps", STEPS, "--errors", "errors.tsv"],
-        cwd=tmp_path, capture_output=True, text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        cwd=tmp_path, capture_output=True, text=True, check=False, env=child_env(), timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "4 molecules, 16 conformers, 1 failed" in proc.stderr
     out = read_sdf(tmp_path / "out.sdf")
@@ -94,26 +94,56 @@ def test_cli_on_a_multi_molecule_sdf_with_a_broken_record(tmp_path, model_path):
     assert (record, name) == ("2", "broken") and "valence" in reason
 
 
+# Runs `confdiff generate` with SDFWriter.write held at the start of the second molecule: that
+# molecule is sampled but not written when the marker file appears, and stays so until the parent's
+# SIGKILL, whatever the machine's speed.
+HOLD_BEFORE_SECOND_MOLECULE = """
+import sys, time
+from confdiff.chem.io import SDFWriter
+from confdiff.cli import main
+
+marker, argv = sys.argv[1], sys.argv[2:]
+write = SDFWriter.write
+
+def write_or_hold(self, *args, **kwargs):
+    if self.num_molecules == 1:
+        open(marker, "w").close()
+        time.sleep(3600)
+    return write(self, *args, **kwargs)
+
+SDFWriter.write = write_or_hold
+sys.exit(main(argv))
+"""
+
+
+def child_env() -> dict:
+    """The environment of a `confdiff` subprocess: one thread, this checkout's package first."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def test_sigkill_leaves_a_valid_sdf_and_resume_completes_it(tmp_path, model_path):
     smiles = ["CCOc1ccccc1C(N)=O", "CC(=O)Nc1ccc(O)cc1", "OCCN1CCOCC1", "CC(C)Cc1ccccc1", "COc1ccc(CCN)cc1",
               "CCN(CC)C(=O)c1ccccc1", "OC(=O)CCc1ccccc1", "CC(C)NCC(O)c1ccccc1"]
     (tmp_path / "lib.smi").write_text("".join(f"{s} mol{k}\n" for k, s in enumerate(smiles)))
     # --batch-size 80: every molecule is sampled, and written, on its own
     common = ["-n", str(N), "--seed", "5", "--model", model_path, "--steps", STEPS, "--batch-size", "80"]
-    out = tmp_path / "out.sdf.gz"
-    proc = subprocess.Popen([sys.executable, "-m", "confdiff", "generate", "lib.smi", *common, "-o", out.name],
-                            cwd=tmp_path, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and gzip.decompress(out.read_bytes()).count(b"$$$$") >= N:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out, marker = tmp_path / "out.sdf.gz", tmp_path / "holding"
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_BEFORE_SECOND_MOLECULE, str(marker), "generate",
+                                 "lib.smi", *common, "-o", out.name], cwd=tmp_path, stderr=stderr, env=child_env())
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hung child only: the kill waits for the marker
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held = marker.exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert held, f"the run never reached its second molecule:\n{(tmp_path / 'stderr.txt').read_text()}"
+    assert proc.returncode == -signal.SIGKILL
     partial = by_record(read_sdf(out))
-    assert all(m is not None for confs in partial.values() for m in confs)
-    assert all(len(confs) == N for confs in partial.values())
-    assert 1 in partial and len(partial) < len(smiles), "the run finished before the kill; make it slower"
+    assert sorted(partial) == [1] and len(partial[1]) == N and all(m is not None for m in partial[1])
 
     assert main(["generate", str(tmp_path / "lib.smi"), *common, "-o", str(out), "--resume", "--no-progress"]) == 0
     final = by_record(read_sdf(out))
