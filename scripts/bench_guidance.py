@@ -41,7 +41,14 @@ def clashes(mol: Chem.Mol) -> int:
 def bust(mol: Chem.Mol, count: int) -> tuple[int, int, Counter]:
     from posebusters import PoseBusters
 
-    confs = [Chem.Mol(mol, confId=c.GetId()) for c in list(mol.GetConformers())[:count]]
+    confs = []
+    for conf in list(mol.GetConformers())[:count]:
+        single = Chem.Mol(mol)
+        single.RemoveAllConformers()
+        copy = Chem.Conformer(conf)
+        copy.SetId(0)  # PoseBusters' energy check reads conformer 0
+        single.AddConformer(copy)
+        confs.append(single)
     table = PoseBusters(config="mol").bust(confs, None, None)
     ok = table.all(axis=1)
     fails = Counter(col for col in table.columns for v in table[col] if not v)

