@@ -122,25 +122,29 @@ def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 
 @functools.cache
-def _confdiff_generator(model: str | None, mode: str, relax: str | None):
+def _confdiff_generator(model: str | None, mode: str, relax: str | None, guidance: str | None = None,
+                        guidance_scale: float | None = None):
     try:
         from ..conformers.generator import ConformerGenerator
     except ImportError as exc:
         raise MethodUnavailable(f"confdiff.ConformerGenerator is not importable: {exc}") from exc
     try:
-        return ConformerGenerator(model, mode=mode, relax=relax)
+        return ConformerGenerator(model, mode=mode, relax=relax, guidance=guidance, guidance_scale=guidance_scale)
     except (FileNotFoundError, ValueError) as exc:
         raise MethodUnavailable(str(exc)) from exc
 
 
 def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None,
-                      mode: str = "refine", relax: str | None = None) -> Chem.Mol:
+                      mode: str = "refine", relax: str | None = None, guidance: str | None = None,
+                      guidance_scale: float | None = None) -> Chem.Mol:
     """The package's diffusion model (the shipped checkpoint when ``model`` is None, loaded once per
     process) in ``mode``; ``relax="mmff"`` / ``"gfn2"`` minimises every conformer afterwards (as
-    torsional diffusion's "+ relaxation" rows)."""
+    torsional diffusion's "+ relaxation" rows); ``guidance`` / ``guidance_scale``: physics guidance
+    (None: the mode's default)."""
     if relax == "gfn2":
-        return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode))
-    return _confdiff_generator(model, mode, relax).generate(mol, num_confs, seed=seed)
+        return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode, guidance=guidance,
+                                             guidance_scale=guidance_scale))
+    return _confdiff_generator(model, mode, relax, guidance, guidance_scale).generate(mol, num_confs, seed=seed)
 
 
 METHODS: dict[str, Generator] = {
@@ -160,12 +164,33 @@ CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def _split_guidance(method: str) -> tuple[str, str | None, float | None]:
+    """``"confdiff:repulsion:3"`` -> ``("confdiff", "repulsion", 3.0)``; no suffix: the mode's default guidance."""
+    name, _, rest = method.partition(":")
+    if name not in CONFDIFF_METHODS or not rest:
+        return method, None, None
+    guidance, _, scale = rest.partition(":")
+    from ..conformers.physics import GUIDANCE_CHOICES
+
+    if guidance not in GUIDANCE_CHOICES:
+        raise ValueError(f"{method!r}: unknown guidance {guidance!r}; choose from {GUIDANCE_CHOICES}")
+    try:
+        return name, guidance, float(scale) if scale else None
+    except ValueError:
+        raise ValueError(f"{method!r}: the guidance scale {scale!r} is not a number") from None
+
+
 def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model: str | None = None) -> Chem.Mol:
-    """Conformers of ``mol`` from the method named ``method`` (``model``: the confdiff methods' checkpoint)."""
-    if method in CONFDIFF_METHODS:
-        mode, relax = CONFDIFF_METHODS[method]
-        return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax)
-    return METHODS[method](mol, num_confs, seed)
+    """Conformers of ``mol`` from the method named ``method`` (``model``: the confdiff methods' checkpoint).
+
+    A confdiff method may name its physics guidance: ``confdiff:GUIDANCE[:SCALE]`` (``confdiff:none``,
+    ``confdiff-full:repulsion:10``)."""
+    name, guidance, scale = _split_guidance(method)
+    if name in CONFDIFF_METHODS:
+        mode, relax = CONFDIFF_METHODS[name]
+        return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax, guidance=guidance,
+                                 guidance_scale=scale)
+    return METHODS[name](mol, num_confs, seed)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -353,6 +378,8 @@ def _file_conformers(spec: str) -> dict[str, list[Chem.Mol]]:
 
 def _check_methods(methods: Sequence[str]) -> None:
     for name in methods:
+        if not name.startswith(FILE_PREFIX):
+            name = _split_guidance(name)[0]
         if not name.startswith(FILE_PREFIX) and name not in METHODS and name not in CONFDIFF_METHODS:
             raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS) + sorted(CONFDIFF_METHODS)} "
                              f"or {FILE_PREFIX}PATH")
@@ -481,7 +508,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bioactive", metavar="LIGANDS", help="crystal ligand poses, .sdf or .sdf.gz (bioactive mode)")
     parser.add_argument("--method", action="append", required=True, metavar="NAME",
                         help=f"one of {', '.join([*METHODS, *CONFDIFF_METHODS])}, or {FILE_PREFIX}GENERATED.sdf[.gz]; "
-                             "repeat for several")
+                             "repeat for several; a confdiff method may name its physics guidance: "
+                             "confdiff:none|repulsion|mmff[:SCALE]")
     parser.add_argument("-n", "--num-confs", type=int, default=50, help="conformers per ligand in bioactive mode (50)")
     parser.add_argument("--threshold", type=float, default=0.75, help="COV threshold in A (0.75)")
     parser.add_argument("--json", metavar="OUT.json", help="write the results as JSON")

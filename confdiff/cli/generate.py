@@ -67,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="reverse-diffusion steps (default 20; 50 in the full mode)")
     parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")
+    parser.add_argument("--guidance", default=None, choices=("none", "repulsion", "mmff"),
+                        help="physics guidance near the end of the reverse diffusion: repulsion (bonded geometry + "
+                             "soft repulsion, cheap), mmff (MMFF94), none (default: the mode's, see docs)")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
+                        help="weight of -E/kT in the guided score at the end of the trajectory (default: the mode's)")
     parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
                         help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
     parser.add_argument("--prune", type=float, default=None, metavar="RMSD",
@@ -313,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
         generator = ConformerGenerator(
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
-            num_workers=args.num_workers, mode=args.mode, validity_gate=not args.no_validity_gate,
+            num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
+            validity_gate=not args.no_validity_gate,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

@@ -50,10 +50,12 @@ from ..chem.relax import RelaxationError
 from ..chem.stereo import StereoCheck
 from ..chem.validity import ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
+from .physics import DEFAULT_GUIDANCE, GUIDANCE_CHOICES, BatchPotential, guidance_schedule, make_potential, physics_guidance
 from ..diffusion.samplers import SAMPLERS, time_grid
 from ..nn.score_model import ScoreModel, ScoreModelConfig
 
 __all__ = [
+    "DEFAULT_GUIDANCE",
     "DEFAULT_MODEL",
     "DEFAULT_STEPS",
     "MODES",
@@ -215,6 +217,7 @@ class _Job:
     check: StereoCheck
     validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
+    potential: object = None  # the guidance potential (confdiff.physics), None without guidance
 
     @property
     def num_atoms(self) -> int:
@@ -244,6 +247,11 @@ class ConformerGenerator:
     mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
         ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
         (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
+    guidance : physics guidance in the last part of the reverse diffusion (``confdiff.physics``):
+        ``"repulsion"`` (bonded geometry + soft repulsion), ``"mmff"`` (MMFF94; a molecule without
+        MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"none"``; None: the
+        mode's default (``DEFAULT_GUIDANCE``). guidance_scale : ``lambda`` at the end of the
+        trajectory (None: the mode's default); samples tend to ``p_model(x) exp(-lambda E(x) / kT)``.
     """
 
     def __init__(
@@ -261,8 +269,14 @@ class ConformerGenerator:
         num_workers: int = 1,
         validity_gate: bool = True,
         mode: str = "refine",
+        guidance: str | None = None,
+        guidance_scale: float | None = None,
     ):
         steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
+        default_guidance, default_scale = DEFAULT_GUIDANCE.get(mode, ("none", 0.0))
+        guidance = default_guidance if guidance is None else guidance
+        if guidance not in GUIDANCE_CHOICES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_CHOICES}, got {guidance!r}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if sampler not in SAMPLERS:
@@ -298,6 +312,9 @@ class ConformerGenerator:
         self.num_workers = num_workers
         self.validity_gate = validity_gate
         self.mode = mode
+        self.guidance = guidance
+        # lambda(t), zero at high noise (raises ValueError for a negative scale)
+        self.guidance_schedule = guidance_schedule(mode, default_scale if guidance_scale is None else guidance_scale)
 
     # --- public API -------------------------------------------------------------------------------
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
@@ -361,10 +378,11 @@ class ConformerGenerator:
                 validity = ValidityChecker.from_mol(mol)
             except ValidityError as err:
                 raise GenerationError(name, f"the validity checks cannot be prepared: {err}") from None
+        potential = self._potential(mol, notes)
         if self.mode == "full":
             zero = np.zeros((1, mol.GetNumAtoms(), 3))
             return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
-                        _bond_lengths(zero, graph), check, validity, notes)
+                        _bond_lengths(zero, graph), check, validity, notes, potential)
         num_seeds = -(-n // self.conformers_per_seed)
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
@@ -380,7 +398,17 @@ class ConformerGenerator:
             notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
                          "configuration, so the ensemble mixes stereoisomers")
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
-                    _bond_lengths(seeds, graph), check, validity, notes)
+                    _bond_lengths(seeds, graph), check, validity, notes, potential)
+
+    def _potential(self, mol: Chem.Mol, notes: list[str]):
+        """The guidance potential of ``mol`` (None without guidance); MMFF94 falls back to the repulsion term."""
+        if self.guidance == "none" or self.guidance_schedule.scale == 0:
+            return None
+        try:
+            return make_potential(self.guidance, mol)
+        except ValueError as err:
+            notes.append(f"{err}: guided by the repulsion term instead")
+            return make_potential("repulsion", mol)
 
     def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
         """Sample the jobs of ``pack`` together, in rounds until each has ``n`` usable draws or its
@@ -447,6 +475,9 @@ class ConformerGenerator:
             sde = self.diffusion.sde(batch, self.mode)
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
+            if chunk[0][0].potential is not None:
+                score_fn = physics_guidance(score_fn, sde, functools.partial(self.diffusion.positions, sde, batch, pos_ref),
+                                            _batch_potential(chunk), self.guidance_schedule)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
             pos = self.diffusion.positions(sde, batch, pos_ref, y)
             # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
@@ -568,6 +599,17 @@ def _failure(index: int, name: str, err: Exception) -> GenerationResult:
     return GenerationResult(index, name, None, reason)
 
 
+def _batch_potential(chunk: list) -> BatchPotential:
+    """The guidance potentials of a chunk of ``(job, draw index, row)`` tasks (each job's conformers are consecutive)."""
+    segments: list[list] = []
+    for job, *_ in chunk:
+        if segments and segments[-1][0] is job.potential:
+            segments[-1][1] += 1
+        else:
+            segments.append([job.potential, 1])
+    return BatchPotential([(potential, count) for potential, count in segments])
+
+
 def generate(
     mol_or_smiles: Chem.Mol | str,
     n: int = 50,
@@ -580,6 +622,8 @@ def generate(
     model: str | os.PathLike | None = None,
     mode: str = "refine",
     validity_gate: bool = True,
+    guidance: str | None = None,
+    guidance_scale: float | None = None,
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -592,5 +636,5 @@ def generate(
     device = _resolve_device(device)
     loaded = _cached_model(None if model is None else str(model), str(device), mode)
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
-                                   validity_gate=validity_gate)
+                                   validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale)
     return generator.generate(mol_or_smiles, n, seed=seed)

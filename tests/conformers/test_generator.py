@@ -162,8 +162,9 @@ def test_conformer_properties(generator):
 
 
 def test_conformer_i_does_not_depend_on_batching_or_n(model):
-    small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60)
-    large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000)
+    # without guidance, to 1e-4 A; guided runs amplify float32 rounding (tests/test_physics.py)
+    small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60, guidance="none")
+    large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000, guidance="none")
     a = positions(small.generate(STEREO_SMILES, n=8, seed=3))
     b = positions(large.generate(STEREO_SMILES, n=8, seed=3))
     c = positions(large.generate(STEREO_SMILES, n=3, seed=3))
@@ -267,9 +268,14 @@ def gaussian_oracle(smiles: str, s: float = 0.05) -> tuple[GaussianConformer, Co
     return GaussianConformer(mu, s), ConformerDiffusion(ConformerDiffusionConfig(full_fraction=1.0, sigma_full_max=5.0))
 
 
+def full_generator(model, **options) -> ConformerGenerator:
+    """A full-mode generator of an oracle, without physics guidance (the oracle's own samples)."""
+    return ConformerGenerator(model, **{"device": "cpu", "mode": "full", "steps": 50, "guidance": "none", **options})
+
+
 def test_full_mode_samples_the_data_and_keeps_the_input_stereochemistry():
     oracle, diffusion = gaussian_oracle(CHIRAL)
-    result = next(ConformerGenerator((oracle, diffusion), device="cpu", mode="full", steps=50).generate_many(
+    result = next(full_generator((oracle, diffusion)).generate_many(
         [CHIRAL], n=6, seed=0))
     assert result.ok and result.mol.GetNumConformers() == 6 and not result.warnings
     expected = Chem.MolToSmiles(Chem.MolFromSmiles(CHIRAL))
@@ -282,11 +288,11 @@ def test_full_mode_samples_the_data_and_keeps_the_input_stereochemistry():
 
 def test_full_mode_mirrors_enantiomers_and_drops_other_stereoisomers():
     expected = Chem.MolToSmiles(Chem.MolFromSmiles(CHIRAL))
-    enantiomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@H](C)O"), device="cpu", mode="full", steps=50)
+    enantiomer = full_generator(gaussian_oracle("C[C@@H](N)[C@H](C)O"))
     result = next(enantiomer.generate_many([CHIRAL], n=4, seed=0))
     assert result.ok and result.mol.GetNumConformers() == 4 and result.rejected_draws == 0
     assert all(stereo_from_3d(result.mol, c.GetId()) == expected for c in result.mol.GetConformers())
-    diastereomer = ConformerGenerator(gaussian_oracle("C[C@@H](N)[C@@H](C)O"), device="cpu", mode="full", steps=50)
+    diastereomer = full_generator(gaussian_oracle("C[C@@H](N)[C@@H](C)O"))
     result = next(diastereomer.generate_many([CHIRAL], n=4, seed=0))
     assert not result.ok and "none of 16 draws was usable (failed: stereochemistry 16)" in result.error
 
@@ -307,15 +313,14 @@ class _AlternatingOracle(torch.nn.Module):
 
 def test_full_mode_keeps_the_first_n_usable_draws(monkeypatch):
     (good, diffusion), (bad, _) = gaussian_oracle(CHIRAL), gaussian_oracle("C[C@@H](N)[C@@H](C)O")
-    gen = ConformerGenerator((_AlternatingOracle(good, bad), diffusion), device="cpu", mode="full", steps=50)
+    gen = full_generator((_AlternatingOracle(good, bad), diffusion))
     result = next(gen.generate_many([CHIRAL], n=3, seed=0))
     assert result.ok and not result.warnings
     assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 4]
     result = next(gen.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 4  # draws 0..7: four usable
     monkeypatch.setattr(confdiff.conformers.generator, "FULL_MODE_DRAWS", 1)
-    ungated = ConformerGenerator((_AlternatingOracle(good, bad), diffusion), device="cpu", mode="full", steps=50,
-                                 validity_gate=False)
+    ungated = full_generator((_AlternatingOracle(good, bad), diffusion), validity_gate=False)
     result = next(ungated.generate_many([CHIRAL], n=4, seed=0))
     assert result.mol.GetNumConformers() == 2 and any("2 conformers instead of 4" in w for w in result.warnings)
     result = next(gen.generate_many([CHIRAL], n=4, seed=0))  # draws 0..3, then 4..7 from the pass rate 1/2
@@ -340,15 +345,14 @@ class _SquashedOracle(torch.nn.Module):
 def test_the_validity_gate_redraws_failing_conformers_and_never_returns_one(monkeypatch):
     good, diffusion = gaussian_oracle(CHIRAL, s=0.02)
     monkeypatch.setattr(confdiff.conformers.generator, "FULL_MODE_DRAWS", 1)
-    gen = ConformerGenerator((_SquashedOracle(good), diffusion), device="cpu", mode="full", steps=50)
+    gen = full_generator((_SquashedOracle(good), diffusion))
     result = next(gen.generate_many([CHIRAL], n=5, seed=0))
     # round 1: draws 0-4, 1 and 4 fail; round 2: ceil(2 / (3/5)) = 4 more, 5-8, of which 6 fails
     assert [c.GetIntProp("conformer_index") for c in result.mol.GetConformers()] == [0, 2, 3, 5, 7]
     assert result.rejected_draws == 3 and not result.warnings
     checker = ValidityChecker.from_mol(result.mol)
     assert checker.passes(np.stack([c.GetPositions() for c in result.mol.GetConformers()])).all()
-    ungated = ConformerGenerator((_SquashedOracle(good), diffusion), device="cpu", mode="full", steps=50,
-                                 validity_gate=False)
+    ungated = full_generator((_SquashedOracle(good), diffusion), validity_gate=False)
     raw = next(ungated.generate_many([CHIRAL], n=5, seed=0)).mol
     assert checker.passes(np.stack([c.GetPositions() for c in raw.GetConformers()])).tolist() == [
         True, False, True, True, False]
@@ -357,7 +361,7 @@ def test_the_validity_gate_redraws_failing_conformers_and_never_returns_one(monk
 def test_a_molecule_without_enough_valid_draws_is_named_with_the_failed_checks():
     good, diffusion = gaussian_oracle(CHIRAL, s=0.02)
     squashed = GaussianConformer(good.mu * 0.5, good.s)  # every draw fails
-    result = next(ConformerGenerator((squashed, diffusion), device="cpu", mode="full", steps=30)
+    result = next(full_generator((squashed, diffusion), steps=30)
                   .generate_many([CHIRAL], n=3, seed=0))
     assert not result.ok and result.error.startswith("none of 12 draws was usable (failed: ")
     assert "bond_lengths 12" in result.error
