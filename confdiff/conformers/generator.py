@@ -217,7 +217,7 @@ class _Job:
     check: StereoCheck
     validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
-    potential: object = None  # the guidance potential (confdiff.physics), None without guidance
+    potential: object = None  # the guidance potential (confdiff.conformers.physics), None without guidance
 
     @property
     def num_atoms(self) -> int:
@@ -247,7 +247,7 @@ class ConformerGenerator:
     mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
         ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
         (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
-    guidance : physics guidance in the last part of the reverse diffusion (``confdiff.physics``):
+    guidance : physics guidance in the last part of the reverse diffusion (``confdiff.conformers.physics``):
         ``"repulsion"`` (bonded geometry + soft repulsion), ``"mmff"`` (MMFF94; a molecule without
         MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"none"``; None: the
         mode's default (``DEFAULT_GUIDANCE``). guidance_scale : ``lambda`` at the end of the

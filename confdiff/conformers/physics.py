@@ -1,7 +1,7 @@
 r"""Physics guidance: a physical potential's gradient added to the score near the end of the reverse diffusion.
 
 The guided score of the conformer diffusion's state ``y`` (torsion changes ``d`` and / or coordinate
-displacements ``e``, :mod:`confdiff.conformer_diffusion`) is
+displacements ``e``, :mod:`confdiff.conformers.diffusion`) is
 
     s_guided(y, t) = s_model(y, t) + lambda(t) * grad_y [ -E(x(y)) / kT ],
 
@@ -33,7 +33,7 @@ Potentials are built once per molecule (``from_mol``) and evaluate conformers in
 * :class:`MMFFPotential`: MMFF94 through RDKit, one force field per molecule, ``CalcEnergy`` /
   ``CalcGrad`` per conformer.
 
-The density of ``confdiff score`` (:mod:`confdiff.conformer_likelihood`) is the model's own:
+The density of ``confdiff score`` (:mod:`confdiff.conformers.likelihood`) is the model's own:
 guidance changes sampling only.
 """
 
@@ -71,8 +71,6 @@ KT_298 = 0.0019872043 * 298.15  # kcal/mol: Boltzmann's constant (kcal/mol/K) ti
 DEFAULT_GUIDANCE = {"refine": ("mmff", 1.0), "torsions": ("mmff", 1.0), "full": ("repulsion", 10.0)}
 #: per mode, ``(t_start, t_full)`` of :class:`GuidanceSchedule`
 GUIDANCE_WINDOWS = {"refine": (0.7, 0.4), "torsions": (0.7, 0.4), "full": (0.8, 0.5)}
-#: options of ``RepulsionPotential.from_mol`` for ``guidance="repulsion"``
-REPULSION_OPTIONS: dict = {}
 #: cap of each atom's / torsion's guidance term, in units of ``1 / sigma`` of its part
 MAX_SCORE = 3.0
 
@@ -192,7 +190,7 @@ def make_potential(kind: str, mol: Chem.Mol) -> Potential | None:
     if kind == "none":
         return None
     if kind == "repulsion":
-        return RepulsionPotential.from_mol(mol, **REPULSION_OPTIONS)
+        return RepulsionPotential.from_mol(mol)
     if kind == "mmff":
         return MMFFPotential.from_mol(mol)
     raise ValueError(f"unknown guidance {kind!r}; choose from {GUIDANCE_CHOICES}")
