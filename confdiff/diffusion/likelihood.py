@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .samplers import dopri5
+from .samplers import dopri5, rk4
 
 __all__ = ["log_likelihood", "bits_per_dim"]
 
@@ -80,6 +80,7 @@ def log_likelihood(
     generator=None,
     first_step: float | None = None,
     max_steps: int = 100_000,
+    steps: int | None = None,
 ) -> tuple[Tensor, dict]:
     """PF-ODE log-likelihood ``log p(x)`` in nats, shape ``(B,)``, and an info dict.
 
@@ -91,6 +92,9 @@ def log_likelihood(
         ``"hutchinson"`` (``num_probes`` fixed probes ``v``, each giving an unbiased estimate).
     probe : ``"gaussian"`` (``sde.space.noise``) or ``"rademacher"``; Hutchinson only.
     rtol, atol : tolerances of the adaptive Dormand-Prince solver (``samplers.dopri5``).
+    steps : None for the adaptive solver, else the number of fixed RK4 steps (``samplers.rk4``,
+        equal steps in ``t``, ``4 steps`` evaluations, no step-size control: a known cost and a
+        trajectory that does not depend on the input's frame); ``rtol``, ``atol`` then unused.
     generator : draws the Hutchinson probes (one generator or one per sample).
 
     Returns ``(log_p, info)``; ``info`` has ``prior_log_prob (B,)``, ``delta (B,)`` (the integral of
@@ -105,6 +109,8 @@ def log_likelihood(
         raise ValueError(f"num_probes must be a positive integer, got {num_probes!r}")
     if not 0.0 <= t_min < t_max:
         raise ValueError(f"need 0 <= t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be None or a positive integer, got {steps!r}")
     space = sde.space
     num = space.num_samples(x)
     x = x.detach()
@@ -147,8 +153,13 @@ def log_likelihood(
 
     k = 1 if divergence == "exact" else len(probes)
     e0 = x.new_zeros((num, k))
-    x_T, delta, stats = dopri5(fn, x, e0, float(t_min), float(t_max), space, rtol=rtol, atol=atol,
-                               first_step=first_step, max_steps=max_steps)
+    if steps is None:
+        x_T, delta, stats = dopri5(fn, x, e0, float(t_min), float(t_max), space, rtol=rtol, atol=atol,
+                                   first_step=first_step, max_steps=max_steps)
+    else:
+        ts = torch.linspace(float(t_min), float(t_max), int(steps) + 1, dtype=x.dtype, device=x.device)
+        x_T, delta, stats = rk4(fn, x, e0, ts, space)
+        stats["steps"] = torch.full((num,), int(steps), dtype=torch.long, device=x.device)
     prior = sde.prior_log_prob(x_T)
     per_probe = prior[:, None] + delta
     log_p = per_probe.mean(-1)

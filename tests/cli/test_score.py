@@ -119,9 +119,48 @@ def test_the_written_values_are_those_of_likelihood(tmp_path):
     assert score_command.run(args) == 0
     written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "out.sdf")]
     expected = likelihood(mol, confdiff.conformers.generator.load_model(tmp_path / "model.pt"), divergence="hutchinson",
-                          atol=1e-2, generator=torch.Generator().manual_seed(4))
+                          atol=1e-2, generator=torch.Generator().manual_seed(4), mode=score_command.DEFAULT_MODE)
     assert written == pytest.approx(expected, abs=1e-5)
+    # the default solver: fixed RK4 steps; --steps and --atol exclude each other
+    assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "rk4.sdf"), "--model",
+                                   str(tmp_path / "model.pt"), "--steps", "3", "--device", "cpu")) == 0
+    written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "rk4.sdf")]
+    expected = likelihood(mol, confdiff.conformers.generator.load_model(tmp_path / "model.pt"), steps=3,
+                          mode=score_command.DEFAULT_MODE)
+    assert written == pytest.approx(expected, abs=1e-5)
+    assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "both.sdf"), "--steps", "3",
+                                   "--atol", "1e-3")) == 2
     # this model was not trained for the full-coordinate density: a usage error, no output
     args = parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "full.sdf"), "--model", str(tmp_path / "model.pt"),
                  "--mode", "full")
     assert score_command.run(args) == 2 and not (tmp_path / "full.sdf").exists()
+
+
+def test_default_settings_are_invariant_under_rigid_motions_on_ibuprofen(tmp_path):
+    """Shipped model, default settings, through the command: one MMFF conformer of ibuprofen and a
+    rotated and translated copy of it, as two records of one molecule (a few CPU seconds).
+
+    The rotation permutes the axes (with signs) and the translation is integral, so the SD file's
+    rounding to 1e-4 A is the same for both records: a general rotation adds up to 5e-5 A of rounding
+    per coordinate, which is not a rigid motion and moves the torsion density by ~0.01 nats
+    (docs/likelihood.md).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mol = Chem.AddHs(Chem.MolFromSmiles("CC(C)Cc1ccc(C(C)C(=O)O)cc1"))
+        AllChem.EmbedMolecule(mol, randomSeed=7)
+        AllChem.MMFFOptimizeMolecule(mol)
+        mol.SetProp("_Name", "ibuprofen")
+        pos = mol.GetConformer().GetPositions().round(4)
+        rotation = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]  # det +1, not the identity
+        with Chem.SDWriter(str(tmp_path / "in.sdf")) as writer:
+            mol.GetConformer().SetPositions(pos)
+            writer.write(mol)
+            mol.GetConformer().SetPositions(pos @ torch.tensor(rotation).numpy().T + [7.0, -3.0, 11.0])
+            writer.write(mol)
+        assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "out.sdf"), "--device", "cpu")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    values = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "out.sdf")]
+    assert len(values) == 2 and abs(values[0] - values[1]) < 1e-4

@@ -22,6 +22,7 @@ from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers.likelihood import (
     boltzmann_importance_weights,
+    canonical_frame,
     likelihood,
 )
 from confdiff.diffusion import (
@@ -33,8 +34,10 @@ from confdiff.diffusion import (
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from tests.conformers.oracles import GaussianConformer
 
-# the invariance tests only need the same computation on moved inputs, not a tight ODE solve
+# the invariance tests only need the same computation on moved inputs, not a tight ODE solve; they
+# score the input frame (align=False), so that the chart, the ODE and the model are what is tested
 LOOSE = {"rtol": 0.0, "atol": 1e-2}
+INPUT_FRAME = {"align": False}
 
 
 def tiny_model(seed: int = 0) -> ScoreModel:
@@ -108,7 +111,7 @@ RIGID = "OC1CC1"
                                     pytest.param("CCOc1ccccc1C(=O)N", marks=pytest.mark.slow), RIGID])
 def test_log_likelihood_is_invariant_under_rotations_and_translations(smiles):
     mol = with_moved_copies(embedded(smiles, 2), torch.Generator().manual_seed(1))
-    log_p = likelihood(mol, (tiny_model(), ConformerDiffusion()), divergence="exact", **LOOSE)
+    log_p = likelihood(mol, (tiny_model(), ConformerDiffusion()), divergence="exact", **LOOSE, **INPUT_FRAME)
     original, moved = np.array(log_p[:2]), np.array(log_p[2:])
     assert np.all(np.isfinite(original))
     assert abs(original[0] - original[1]) > 1e-2  # different conformers, different values
@@ -118,8 +121,35 @@ def test_log_likelihood_is_invariant_under_rotations_and_translations(smiles):
 def test_invariance_check_fails_for_a_non_equivariant_score():
     mol = with_moved_copies(embedded("OCCO", 2), torch.Generator().manual_seed(1))
     log_p = likelihood(mol, (AbsoluteCoordinateScore(tiny_model()), ConformerDiffusion()), divergence="exact",
-                       **LOOSE)
+                       **LOOSE, **INPUT_FRAME)
     assert np.max(np.abs(np.array(log_p[2:]) - np.array(log_p[:2]))) > 1e-2
+
+
+def test_canonical_frame_is_the_same_for_moved_copies_and_keeps_the_geometry():
+    mol = with_moved_copies(embedded("CC(C)Cc1ccc(C(C)C(=O)O)cc1", 2), torch.Generator().manual_seed(3))
+    frames = [canonical_frame(c.GetPositions()) for c in mol.GetConformers()]
+    for original, moved in zip(frames[:2], frames[2:]):
+        np.testing.assert_allclose(moved, original, atol=1e-9)
+    pos = mol.GetConformer(0).GetPositions()
+    dist = lambda p: np.linalg.norm(p[:, None] - p[None], axis=-1)  # noqa: E731
+    np.testing.assert_allclose(dist(frames[0]), dist(pos), atol=1e-12)
+    np.testing.assert_allclose(frames[0].mean(0), 0.0, atol=1e-12)
+    assert np.linalg.det(np.linalg.lstsq(pos - pos.mean(0), frames[0], rcond=None)[0]) > 0  # no reflection
+
+
+def test_aligned_fixed_step_float32_is_invariant_and_matches_float64():
+    """The settings of ``confdiff score`` (RK4, model dtype) on moved copies, float32 and float64."""
+    mol = with_moved_copies(embedded("OCCO", 2), torch.Generator().manual_seed(1))
+    values = {}
+    for dtype in (torch.float32, torch.float64):
+        log_p = np.array(likelihood(mol, (tiny_model(), ConformerDiffusion()), mode="torsions", steps=5, dtype=dtype))
+        np.testing.assert_allclose(log_p[2:], log_p[:2], rtol=0, atol={torch.float32: 1e-4, torch.float64: 1e-9}[dtype])
+        values[dtype] = log_p
+    np.testing.assert_allclose(values[torch.float32], values[torch.float64], rtol=0, atol=1e-3)
+
+
+def test_a_molecule_without_rotatable_bonds_has_torsion_log_density_zero():
+    assert likelihood(embedded("c1ccccc1", 2), (tiny_model(), ConformerDiffusion()), mode="torsions", steps=2) == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------- prior, samplers
@@ -305,11 +335,12 @@ def test_full_mode_log_likelihood_is_invariant_and_the_control_is_not():
         for layer in (network.pos_edge_out, network.pos_linear):
             for p in layer.parameters():
                 p.mul_(0.1)
-    log_p = np.array(likelihood(mol, (network, diffusion), mode="full", divergence="exact", **LOOSE))
+    log_p = np.array(likelihood(mol, (network, diffusion), mode="full", divergence="exact", **LOOSE,
+                                **INPUT_FRAME))
     assert np.all(np.isfinite(log_p)) and abs(log_p[0] - log_p[1]) > 1e-2
     np.testing.assert_allclose(log_p[2:], log_p[:2], rtol=0, atol=1e-4)
     control = np.array(likelihood(mol, (AbsoluteCoordinateScore(network), diffusion), mode="full",
-                                  divergence="exact", **LOOSE))
+                                  divergence="exact", **LOOSE, **INPUT_FRAME))
     assert np.max(np.abs(control[2:] - control[:2])) > 1e-2
 
 
@@ -329,8 +360,9 @@ def test_full_mode_likelihood_is_the_exact_gaussian_density():
         conf = Chem.Conformer(mol.GetNumAtoms())
         conf.SetPositions((mu + shift + scale * torch.randn(mu.shape, generator=gen, dtype=torch.float64)).numpy())
         out.AddConformer(conf, assignId=True)
-    log_p = torch.tensor(likelihood(out, (GaussianConformer(mu, s), diffusion), mode="full", divergence="exact"),
-                         dtype=torch.float64)
+    # the oracle's density is not rotation-invariant (a fixed mean mu): score the input frame
+    log_p = torch.tensor(likelihood(out, (GaussianConformer(mu, s), diffusion), mode="full", divergence="exact",
+                                    align=False), dtype=torch.float64)
 
     def log_normal(x, mean, var):  # on the (3N - 3)-dimensional zero-CoM subspace
         return -0.5 * (3 * len(x) - 3) * math.log(2 * math.pi * var) - 0.5 * float(((x - mean) ** 2).sum()) / var

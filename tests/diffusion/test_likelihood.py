@@ -43,6 +43,20 @@ def test_exact_divergence_matches_gaussian_log_density():
     assert info["x_T"].shape == x.shape and info["nfe"] > 0
 
 
+def test_fixed_rk4_steps_converge_to_the_adaptive_solution():
+    sde, score_fn, x, exact = _gaussian_case()
+    adaptive, _ = log_likelihood(score_fn, x, sde, divergence="exact", rtol=1e-9, atol=1e-9)
+    errors = {}
+    for steps in (10, 40):
+        log_p, info = log_likelihood(score_fn, x, sde, divergence="exact", steps=steps)
+        assert info["nfe"] == 4 * steps
+        assert float((log_p - exact).abs().max()) < 2e-3
+        errors[steps] = float((log_p - adaptive).abs().max())
+    assert errors[40] < 1e-5 and errors[40] < errors[10] / 30  # 4th order: 256x
+    with pytest.raises(ValueError, match="steps"):
+        log_likelihood(score_fn, x, sde, steps=0)
+
+
 @pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
 def test_hutchinson_agrees_within_its_standard_error(probe):
     sde, score_fn, x, exact = _gaussian_case()
