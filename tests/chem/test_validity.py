@@ -85,6 +85,13 @@ def test_internal_steric_clash_below_70_percent_of_the_lower_bound():
     assert checker.check(np.stack(cases))["internal_steric_clash"].tolist() == [True, False]
 
 
+def test_heavy_atom_contact_at_2_2_angstrom():
+    mol = _mol("CCCC")
+    checker = ValidityChecker.from_mol(mol)
+    cases = [_chain(mol, np.array([[0.0, 0, 0], [0, 1.53, 0], [d14, 1.53, 0], [d14, 0, 0]])) for d14 in (2.201, 2.199)]
+    assert checker.check(np.stack(cases))["heavy_atom_contact"].tolist() == [True, False]
+
+
 def _puckered_hexagon(h: float) -> np.ndarray:
     """A regular hexagon (1.4 A sides) with atoms alternately h above and below its plane: every
     atom exactly h from the best plane."""
