@@ -82,7 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=20000, metavar="ATOMS",
                         help="most atoms (all conformers of all molecules together) in one graph batch; "
                              "bounds memory (20000)")
-    parser.add_argument("--num-workers", type=int, default=1, help="CPU threads for torch, ETKDG seeds and xtb (1)")
+    parser.add_argument("--num-workers", type=int, default=1, help="CPU threads for the ETKDG seeds and xtb (1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's CPU threads while sampling (1: best when several processes run side by side)")
     parser.add_argument("--no-validity-gate", action="store_true",
                         help="write the sampler's draws as they are, without replacing those that fail a validity check")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
@@ -310,7 +312,6 @@ def run(args: argparse.Namespace) -> int:
     from ..conformers.generator import ConformerGenerator
 
     keep_freed_memory()
-    torch.set_num_threads(args.num_workers)
     device = args.device
     if device is None and args.shard is None and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}" if torch.cuda.is_available() else "cpu"
@@ -319,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
-            validity_gate=not args.no_validity_gate,
+            num_threads=args.threads, validity_gate=not args.no_validity_gate,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

@@ -26,6 +26,7 @@ checks that failed. ``GenerationResult.rejected_draws`` counts the draws that we
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -242,6 +243,9 @@ class ConformerGenerator:
     prune_rms : drop conformers within this heavy-atom RMSD (Angstrom) of a kept one.
     energy_window : after relaxation, keep conformers within this many kcal/mol of the lowest.
     num_workers : threads for the ETKDG seeds and for xtb.
+    num_threads : torch's intra-op threads while sampling on the CPU, set for the sampling and
+        restored after it (None: torch's own setting). One by default: the score model is small, so
+        more threads gain little, and processes that generate side by side would oversubscribe the cores.
     validity_gate : only conformers that pass the validity checks are returned; failing draws are
         replaced by new ones (see the module docstring).
     mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
@@ -267,6 +271,7 @@ class ConformerGenerator:
         prune_rms: float | None = None,
         energy_window: float | None = None,
         num_workers: int = 1,
+        num_threads: int | None = 1,
         validity_gate: bool = True,
         mode: str = "refine",
         guidance: str | None = None,
@@ -295,6 +300,8 @@ class ConformerGenerator:
             raise ValueError(f"energy_window={energy_window} needs relax and a value >= 0")
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
         self.device = _resolve_device(device)
         if isinstance(model, tuple):
             self.model, self.diffusion = model
@@ -310,6 +317,7 @@ class ConformerGenerator:
         self.prune_rms = prune_rms
         self.energy_window = energy_window
         self.num_workers = num_workers
+        self.num_threads = num_threads
         self.validity_gate = validity_gate
         self.mode = mode
         self.guidance = guidance
@@ -449,10 +457,11 @@ class ConformerGenerator:
 
     def _sample_all(self, tasks: dict[int, tuple[_Job, range]], seed: int) -> dict[int, tuple | Exception]:
         """``id(job) -> (job, indices, pos, rigid)`` for ``tasks: id(job) -> (job, draw indices)``,
-        sampled in shared batches; when that runs out of memory, every job is sampled alone so
-        that only the culprit gets the error."""
+        sampled in shared batches (on ``num_threads`` threads on the CPU); when that runs out of
+        memory, every job is sampled alone so that only the culprit gets the error."""
         try:
-            return self._sample(list(tasks.values()), seed)
+            with _intra_op_threads(self.num_threads if self.device.type == "cpu" else None):
+                return self._sample(list(tasks.values()), seed)
         except torch.OutOfMemoryError as err:
             if len(tasks) == 1:
                 return {key: err for key in tasks}
@@ -576,6 +585,19 @@ _MOLECULE_ERRORS = (GenerationError, MoleculeRejected, EmbeddingError, Featuriza
                     EnsembleError, torch.OutOfMemoryError)
 
 
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None):
+    """torch's intra-op thread count set to ``threads`` inside the block and restored after it."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _failed_checks(failed: dict[str, int]) -> str:
     """``"failed: internal_steric_clash 12, bond_lengths 3"``, most frequent first."""
     ranked = sorted(failed.items(), key=lambda kv: -kv[1])
@@ -624,6 +646,7 @@ def generate(
     validity_gate: bool = True,
     guidance: str | None = None,
     guidance_scale: float | None = None,
+    num_threads: int | None = 1,
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -636,5 +659,6 @@ def generate(
     device = _resolve_device(device)
     loaded = _cached_model(None if model is None else str(model), str(device), mode)
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
-                                   validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale)
+                                   validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
+                                   num_threads=num_threads)
     return generator.generate(mol_or_smiles, n, seed=seed)

@@ -404,3 +404,25 @@ def test_load_model_errors(tmp_path):
         load_model(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="needs relax"):
         ConformerGenerator(tiny_model(), energy_window=3.0)
+
+
+def test_sampling_runs_on_num_threads_and_restores_torch_setting(model, monkeypatch):
+    seen = []
+    real = ConformerGenerator._sample
+
+    def spy(self, tasks, seed):
+        seen.append(torch.get_num_threads())
+        return real(self, tasks, seed)
+
+    monkeypatch.setattr(ConformerGenerator, "_sample", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, expected in [(1, 1), (None, 2)]:
+            generator = ConformerGenerator(model, device="cpu", steps=2, num_threads=threads, guidance="none")
+            generator.generate("CCO", n=2, seed=0)
+            assert seen[-1] == expected and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="num_threads"):
+        ConformerGenerator(model, device="cpu", num_threads=0)
