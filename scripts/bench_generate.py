@@ -3,12 +3,15 @@
     python scripts/bench_generate.py                       # data/examples/molecules.sdf, n=50, 20 steps
     python scripts/bench_generate.py -n 100 --steps 10 --model run/conformer_model.pt
     python scripts/bench_generate.py --large               # a 151-heavy-atom molecule with n=500
+    python scripts/bench_generate.py --parallel 2 --threads 0   # 2 confdiff processes side by side, torch's threads
 
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
 the ratio of CPU time per conformer. The confdiff child also splits its CPU time into the pipeline's
 stages (ETKDG seeds, featurisation, stereo checks, Batch construction, score model, torsion
-application, the rest of the sampler and the assembly of the result).
+application, the validity gate, the physics guidance, the rest of the sampler and the assembly of
+the result). ``--threads`` sets the confdiff child's ``num_threads`` (0: torch's default, all cores);
+``--parallel P`` runs P confdiff children at once, as a user who parallelises over processes does.
 Without ``--model`` the shipped checkpoint is used, or, while there is none, a randomly initialised
 ScoreModel of the default configuration (the same cost as a trained one).
 """
@@ -80,12 +83,14 @@ def run_confdiff(args) -> dict:
 
     from confdiff.cli.generate import keep_freed_memory
 
-    torch.set_num_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     keep_freed_memory()  # as `confdiff generate` does
     import confdiff.conformers.diffusion as diffusion_module
     from confdiff.conformers import generator as conformers
     from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
     from confdiff.conformers.diffusion import ConformerDiffusion
+    from confdiff.conformers import physics
     from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 
     model = args.model
@@ -96,7 +101,7 @@ def run_confdiff(args) -> dict:
     large = args.child == "large"
     generator = conformers.ConformerGenerator(
         model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size,
-        conformers_per_seed=args.large_conformers_per_seed if large else 5)
+        conformers_per_seed=args.large_conformers_per_seed if large else 5, num_threads=args.threads or None)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
@@ -110,8 +115,13 @@ def run_confdiff(args) -> dict:
         (conformers, "_bond_lengths", "stereo checks"),
         (conformers.Batch, "from_data_list", "Batch construction"),
         (ScoreModel, "forward", "score model"),
-        (conformers, "apply_torsion_changes", "torsion application"),
         (diffusion_module, "apply_torsion_changes", "torsion application"),
+        (conformers.ValidityChecker, "from_mol", "validity gate"),
+        (conformers.ValidityChecker, "check", "validity gate"),
+        (physics.MMFFPotential, "from_mol", "physics guidance"),
+        (physics.MMFFPotential, "energy_and_grad", "physics guidance"),
+        (physics.RepulsionPotential, "from_mol", "physics guidance"),
+        (physics.RepulsionPotential, "energy_and_grad", "physics guidance"),
     ]
     for owner, name, stage in hooks:
         fn = getattr(owner, name)
@@ -131,13 +141,25 @@ def run_confdiff(args) -> dict:
             "model": "random default config" if isinstance(model, tuple) else str(model or "shipped")}
 
 
-def _child(method: str) -> dict:
+def _child(method: str, copies: int = 1) -> dict:
+    """Run ``method`` in ``copies`` child processes at once; the first child's figures, with the
+    copies' CPU seconds and conformers summed (``cpu_s`` / ``conformers``)."""
     cmd = [sys.executable, __file__, "--child", method, *sys.argv[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode:
-        sys.exit(f"{method} child failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    env = dict(os.environ)
+    if method == "etkdg" or "--threads" not in sys.argv:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(copies)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            sys.exit(f"{method} child failed:\n{err}")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    first = dict(results[0])
+    first["cpu_s"] = sum(r["cpu_s"] for r in results)
+    first["conformers"] = sum(r["conformers"] for r in results)
+    return first
 
 
 def _print_stages(result: dict) -> None:
@@ -160,6 +182,8 @@ def main() -> None:
     parser.add_argument("--large-n", type=int, default=500, help="conformers of the large molecule")
     parser.add_argument("--large-conformers-per-seed", type=int, default=25,
                         help="ETKDG seeds are the slow part for the large molecule (it needs the random-coordinates fallback)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the confdiff child (0: torch's default)")
+    parser.add_argument("--parallel", type=int, default=1, help="confdiff children run side by side")
     parser.add_argument("--child", choices=["etkdg", "confdiff", "large"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -174,9 +198,10 @@ def main() -> None:
         _print_stages(r)
         return
 
-    results = {method: _child(method) for method in ("etkdg", "confdiff")}
+    results = {"etkdg": _child("etkdg"), "confdiff": _child("confdiff", args.parallel)}
     print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, steps={args.steps}, "
-          f"--batch-size {args.batch_size} atoms, one thread")
+          f"--batch-size {args.batch_size} atoms, confdiff: {args.parallel} process(es), "
+          f"{args.threads or 'default'} torch thread(s)")
     print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "
           f"{'(+ over start)':>14}")
     for method, r in results.items():
