@@ -123,28 +123,30 @@ def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 @functools.cache
 def _confdiff_generator(model: str | None, mode: str, relax: str | None, guidance: str | None = None,
-                        guidance_scale: float | None = None):
+                        guidance_scale: float | None = None, steps: int | None = None):
     try:
         from ..conformers.generator import ConformerGenerator
     except ImportError as exc:
         raise MethodUnavailable(f"confdiff.ConformerGenerator is not importable: {exc}") from exc
     try:
-        return ConformerGenerator(model, mode=mode, relax=relax, guidance=guidance, guidance_scale=guidance_scale)
+        return ConformerGenerator(model, mode=mode, relax=relax, guidance=guidance, guidance_scale=guidance_scale,
+                                  steps=steps)
     except (FileNotFoundError, ValueError) as exc:
         raise MethodUnavailable(str(exc)) from exc
 
 
 def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None,
                       mode: str = "refine", relax: str | None = None, guidance: str | None = None,
-                      guidance_scale: float | None = None) -> Chem.Mol:
+                      guidance_scale: float | None = None, steps: int | None = None) -> Chem.Mol:
     """The package's diffusion model (the shipped checkpoint when ``model`` is None, loaded once per
     process) in ``mode``; ``relax="mmff"`` / ``"gfn2"`` minimises every conformer afterwards (as
     torsional diffusion's "+ relaxation" rows); ``guidance`` / ``guidance_scale``: physics guidance
-    (None: the mode's default)."""
+    (None: the mode's default); ``steps``: reverse-diffusion steps (None: the mode's default)."""
     if relax == "gfn2":
         return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode, guidance=guidance,
-                                             guidance_scale=guidance_scale))
-    return _confdiff_generator(model, mode, relax, guidance, guidance_scale).generate(mol, num_confs, seed=seed)
+                                             guidance_scale=guidance_scale, steps=steps))
+    generator = _confdiff_generator(model, mode, relax, guidance, guidance_scale, steps)
+    return generator.generate(mol, num_confs, seed=seed)
 
 
 METHODS: dict[str, Generator] = {
@@ -180,7 +182,8 @@ def _split_guidance(method: str) -> tuple[str, str | None, float | None]:
         raise ValueError(f"{method!r}: the guidance scale {scale!r} is not a number") from None
 
 
-def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model: str | None = None) -> Chem.Mol:
+def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model: str | None = None,
+                    steps: int | None = None) -> Chem.Mol:
     """Conformers of ``mol`` from the method named ``method`` (``model``: the confdiff methods' checkpoint).
 
     A confdiff method may name its physics guidance: ``confdiff:GUIDANCE[:SCALE]`` (``confdiff:none``,
@@ -189,7 +192,7 @@ def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model
     if name in CONFDIFF_METHODS:
         mode, relax = CONFDIFF_METHODS[name]
         return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax, guidance=guidance,
-                                 guidance_scale=scale)
+                                 guidance_scale=scale, steps=steps)
     return METHODS[name](mol, num_confs, seed)
 
 
@@ -252,6 +255,7 @@ class _Job:
     generated: tuple[Chem.Mol, ...] | None  # a file: method's conformers; None = generate
     model: str | None = None  # checkpoint of the confdiff methods (None: the shipped one)
     pb_sample: int = 0  # conformers judged by posebusters (0: none)
+    steps: int | None = None  # reverse-diffusion steps of the confdiff methods (None: the mode's default)
 
     @property
     def cost(self) -> int:
@@ -318,7 +322,8 @@ def _run_job(job: _Job) -> _Outcome:
     cpu_s, num_generated = None, 0
     try:
         if job.generated is None:
-            generated = generate_method(job.method, Chem.Mol(job.template), job.num_confs, job.seed, job.model)
+            generated = generate_method(job.method, Chem.Mol(job.template), job.num_confs, job.seed, job.model,
+                                        job.steps)
             cpu_s = _cpu_seconds() - start
             num_generated = generated.GetNumConformers()
         else:
@@ -389,14 +394,15 @@ def _check_methods(methods: Sequence[str]) -> None:
 
 
 def _make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
-               num_confs: Callable[[int], int], seed: int, model: str | None = None, pb_sample: int = 0) -> list[_Job]:
+               num_confs: Callable[[int], int], seed: int, model: str | None = None, pb_sample: int = 0,
+               steps: int | None = None) -> list[_Job]:
     jobs = []
     for key, records in molecules.items():
         template = _template(records)
         for method in methods:
             generated = tuple(files[method][key]) if method in files else None
             jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model,
-                             pb_sample))
+                             pb_sample, steps))
     return jobs
 
 
@@ -518,6 +524,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed ({DEFAULT_SEED:#x})")
     parser.add_argument("--model", default=None, help="checkpoint for the confdiff methods (default: the shipped model)")
+    parser.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps of the confdiff methods")
     parser.add_argument("--pb-sample", type=int, default=10, metavar="K",
                         help="conformers per molecule and method judged by posebusters for pb_valid (10; 0: none)")
 
@@ -574,7 +581,7 @@ def run(args: argparse.Namespace) -> int:
     if pb_sample and importlib.util.find_spec("posebusters") is None:
         print("benchmark: posebusters is not installed (pip install confdiff[validate]): no pb_valid", file=sys.stderr)
         pb_sample = 0
-    jobs = _make_jobs(molecules, args.method, files, num_confs, args.seed, args.model, pb_sample)
+    jobs = _make_jobs(molecules, args.method, files, num_confs, args.seed, args.model, pb_sample, args.steps)
     outcomes = _run_jobs(jobs, args.num_workers)
 
     thresholds = np.linspace(0.0, _CURVE_MAX, _CURVE_POINTS)
