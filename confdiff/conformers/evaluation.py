@@ -1,15 +1,16 @@
-"""``confdiff benchmark``: conformer generators side by side on reference ensembles or crystal poses.
+"""Conformer generators side by side on reference ensembles or crystal poses: the methods, the jobs
+and their parallel runner, and the summaries behind ``confdiff benchmark`` (``cli/benchmark.py``).
 
 Ensemble mode (the GEOM protocol, Ganea et al. 2021; Jing et al. 2022): reference conformers are
 grouped by molecule (the ``mol_id`` property, else the canonical SMILES); every method makes 2K
 conformers for a molecule with K references (or reads them from a file), and COV-R, MAT-R, COV-P,
-MAT-P are reported as mean and median over molecules, with failures and conformers per CPU second.
+MAT-P are summarised as mean and median over molecules, with failures and conformers per CPU second.
 Next to them, the share of generated conformers that pass PoseBusters' ``mol`` checks: ``valid``
 from :class:`confdiff.chem.validity.ValidityChecker` for every conformer (without the internal-energy
 check, with the stereo check), and ``pb_valid`` from the ``posebusters`` package itself (the
-``validate`` extra; slow, so on ``--pb-sample`` conformers per molecule and method).
-Bioactive mode (``--bioactive``): N conformers per crystal ligand, and the share of ligands whose
-smallest heavy-atom RMSD is within 0.5, 1.0 and 2.0 A, and the median smallest RMSD.
+``validate`` extra; slow, so on ``pb_sample`` conformers per molecule and method).
+Bioactive mode: N conformers per crystal ligand, and the share of ligands whose smallest heavy-atom
+RMSD is within 0.5, 1.0 and 2.0 A, and the median smallest RMSD.
 
 When a ``file:`` method is given, only the molecules present in every such file are compared (for
 all methods alike): a file of published outputs often covers a subset of the references.
@@ -17,11 +18,8 @@ all methods alike): a file of published outputs often covers a subset of the ref
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
-import importlib.util
-import json
 import math
 import multiprocessing
 import resource
@@ -30,7 +28,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from rdkit import Chem, rdBase
@@ -39,25 +36,40 @@ from rdkit.Chem import AllChem
 from ..chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
 
 __all__ = [
+    "BIOACTIVE_THRESHOLDS",
+    "CONFDIFF_METHODS",
+    "CURVE_THRESHOLDS",
     "DEFAULT_SEED",
     "FILE_PREFIX",
-    "CONFDIFF_METHODS",
     "METHODS",
+    "Job",
     "MethodUnavailable",
-    "add_arguments",
+    "Outcome",
+    "bioactive_summary",
+    "check_methods",
+    "cpu_seconds",
+    "ensemble_summary",
     "generate_confdiff",
     "generate_etkdg",
     "generate_etkdg_gfn2",
     "generate_etkdg_mmff",
-    "generate_teacher",
     "generate_method",
-    "run",
+    "generate_teacher",
+    "group_by_molecule",
+    "make_jobs",
+    "molecule_key",
+    "read_records",
+    "run_jobs",
+    "select_molecules",
+    "split_guidance",
+    "summarise",
+    "validity_counts",
 ]
 
 DEFAULT_SEED = 0xF00D
 FILE_PREFIX = "file:"
 BIOACTIVE_THRESHOLDS = (0.5, 1.0, 2.0)
-_CURVE_MAX, _CURVE_POINTS = 3.0, 61  # coverage curves on [0, 3] A
+CURVE_THRESHOLDS = (0.0, 3.0, 61)  # coverage curves on [0, 3] A: numpy.linspace's (start, stop, num)
 
 
 class MethodUnavailable(RuntimeError):
@@ -166,7 +178,7 @@ CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def _split_guidance(method: str) -> tuple[str, str | None, float | None]:
+def split_guidance(method: str) -> tuple[str, str | None, float | None]:
     """``"confdiff:repulsion:3"`` -> ``("confdiff", "repulsion", 3.0)``; no suffix: the mode's default guidance."""
     name, _, rest = method.partition(":")
     if name not in CONFDIFF_METHODS or not rest:
@@ -188,7 +200,7 @@ def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model
 
     A confdiff method may name its physics guidance: ``confdiff:GUIDANCE[:SCALE]`` (``confdiff:none``,
     ``confdiff-full:repulsion:10``)."""
-    name, guidance, scale = _split_guidance(method)
+    name, guidance, scale = split_guidance(method)
     if name in CONFDIFF_METHODS:
         mode, relax = CONFDIFF_METHODS[name]
         return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax, guidance=guidance,
@@ -201,8 +213,9 @@ def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model
 # confdiff.chem.io.read_molecules): the metric must see exactly the published records.
 
 
-def _read_records(path: str) -> list[Chem.Mol]:
-    """All readable records of an SDF (``.sdf`` or ``.sdf.gz``), hydrogens kept; unreadable ones reported."""
+def read_records(path: str) -> tuple[list[Chem.Mol], int]:
+    """All readable records of an SDF (``.sdf`` or ``.sdf.gz``), hydrogens kept, and the number of
+    unreadable ones (skipped)."""
     opener = gzip.open if str(path).endswith(".gz") else open
     mols, bad = [], 0
     with opener(path, "rb") as handle, rdBase.BlockLogs():
@@ -211,22 +224,21 @@ def _read_records(path: str) -> list[Chem.Mol]:
                 bad += 1
             else:
                 mols.append(mol)
-    if bad:
-        print(f"benchmark: {path}: {bad} unreadable record(s) skipped", file=sys.stderr)
-    return mols
+    return mols, bad
 
 
-def _molecule_key(mol: Chem.Mol) -> str:
+def molecule_key(mol: Chem.Mol) -> str:
     """The molecule a record belongs to: its ``mol_id`` property, else its canonical SMILES."""
     if mol.HasProp("mol_id"):
         return mol.GetProp("mol_id")
     return Chem.MolToSmiles(Chem.RemoveHs(mol))
 
 
-def _group(records: Iterable[Chem.Mol]) -> dict[str, list[Chem.Mol]]:
+def group_by_molecule(records: Iterable[Chem.Mol]) -> dict[str, list[Chem.Mol]]:
+    """Records grouped by :func:`molecule_key`, in the order of first appearance."""
     groups: dict[str, list[Chem.Mol]] = {}
     for mol in records:
-        groups.setdefault(_molecule_key(mol), []).append(mol)
+        groups.setdefault(molecule_key(mol), []).append(mol)
     return groups
 
 
@@ -241,11 +253,36 @@ def _template(records: Sequence[Chem.Mol]) -> Chem.Mol:
     return mol
 
 
+def select_molecules(records: Sequence[Chem.Mol], files: dict[str, dict[str, list[Chem.Mol]]], *, bioactive: bool,
+                     max_molecules: int | None = None) -> tuple[dict[str, list[Chem.Mol]], dict[str, dict], int]:
+    """The molecules to compare: ``(molecules, files, num_missing)``.
+
+    ``molecules`` maps a key to its reference records (bioactive mode: one per ligand pose, keyed
+    ``"i:molecule_key"``); those absent from a ``file:`` method's conformers (``files``: method ->
+    :func:`group_by_molecule` of its file) are left out for every method (``num_missing`` of them),
+    then only the first ``max_molecules`` are kept. The returned ``files`` are keyed like ``molecules``.
+    """
+    if bioactive:  # every record is one ligand pose
+        molecules = {f"{i}:{molecule_key(m)}": [m] for i, m in enumerate(records)}
+        lookup = {k: k.split(":", 1)[1] for k in molecules}
+    else:
+        molecules = group_by_molecule(records)
+        lookup = {k: k for k in molecules}
+    missing = {k for k in molecules if any(lookup[k] not in f for f in files.values())}
+    molecules = {k: v for k, v in molecules.items() if k not in missing}
+    if max_molecules is not None:
+        molecules = dict(list(molecules.items())[:max_molecules])
+    files = {m: {k: f[lookup[k]] for k in molecules} for m, f in files.items()}
+    return molecules, files, len(missing)
+
+
 # --- running ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Job:
+class Job:
+    """One method on one molecule: ``num_confs`` conformers of ``template`` against ``reference``."""
+
     method: str
     key: str
     template: Chem.Mol
@@ -263,7 +300,9 @@ class _Job:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
+    """What a :class:`Job` gave: the RMSD matrix to the references, or the error that stopped it."""
+
     method: str
     key: str
     rmsd: np.ndarray | None  # (K, L), None on failure
@@ -273,13 +312,13 @@ class _Outcome:
     validity: tuple[int, int, int, int] = (0, 0, 0, 0)  # valid, checked, posebusters-valid, posebusters-checked
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     """CPU time of this process and of its finished child processes (xtb runs as one)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def _validity(mols: Sequence[Chem.Mol], pb_sample: int) -> tuple[int, int, int, int]:
+def validity_counts(mols: Sequence[Chem.Mol], pb_sample: int) -> tuple[int, int, int, int]:
     """(passing, checked) conformers of ``mols`` by ``ValidityChecker`` (all of them), then by
     ``PoseBusters(config="mol")`` (``pb_sample`` of them, evenly spread; a conformer passes when
     every test does). A molecule the checker cannot be prepared for is not counted."""
@@ -317,27 +356,27 @@ def _validity(mols: Sequence[Chem.Mol], pb_sample: int) -> tuple[int, int, int, 
     return valid, checked, pb_valid, len(rows)
 
 
-def _run_job(job: _Job) -> _Outcome:
-    start = _cpu_seconds()
+def _run_job(job: Job) -> Outcome:
+    start = cpu_seconds()
     cpu_s, num_generated = None, 0
     try:
         if job.generated is None:
             generated = generate_method(job.method, Chem.Mol(job.template), job.num_confs, job.seed, job.model,
                                         job.steps)
-            cpu_s = _cpu_seconds() - start
+            cpu_s = cpu_seconds() - start
             num_generated = generated.GetNumConformers()
         else:
             generated, num_generated = job.generated, sum(m.GetNumConformers() for m in job.generated)
         if num_generated == 0:
-            return _Outcome(job.method, job.key, None, 0, cpu_s, "no conformers generated")
+            return Outcome(job.method, job.key, None, 0, cpu_s, "no conformers generated")
         rmsd = rmsd_matrix(list(job.reference), generated)
     except Exception as exc:  # noqa: BLE001 -- any failure of one molecule is recorded, the rest go on
-        return _Outcome(job.method, job.key, None, num_generated, cpu_s, f"{type(exc).__name__}: {exc}")
-    validity = _validity([generated] if isinstance(generated, Chem.Mol) else list(generated), job.pb_sample)
+        return Outcome(job.method, job.key, None, num_generated, cpu_s, f"{type(exc).__name__}: {exc}")
+    validity = validity_counts([generated] if isinstance(generated, Chem.Mol) else list(generated), job.pb_sample)
     if np.isnan(rmsd).all():
-        return _Outcome(job.method, job.key, None, num_generated, cpu_s, "no generated conformer matches the reference",
+        return Outcome(job.method, job.key, None, num_generated, cpu_s, "no generated conformer matches the reference",
                         validity)
-    return _Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None, validity)
+    return Outcome(job.method, job.key, rmsd, num_generated, cpu_s, None, validity)
 
 
 def _one_thread() -> None:
@@ -347,11 +386,15 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _run_jobs(jobs: list[_Job], num_workers: int) -> list[_Outcome]:
+def run_jobs(jobs: list[Job], num_workers: int, *, progress: bool = True) -> list[Outcome]:
+    """Every job, largest first, in ``num_workers`` processes (1: in this one), each pinned to one
+    thread; a molecule that fails is an :class:`Outcome` with its ``error``. ``progress``: a tqdm bar
+    on stderr."""
     from tqdm import tqdm
 
     jobs = sorted(jobs, key=lambda j: -j.cost)  # largest first, for load balance
-    bar = tqdm(total=len(jobs), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True,
+               disable=not progress)
     outcomes = []
     if num_workers <= 1:
         _one_thread()
@@ -364,27 +407,14 @@ def _run_jobs(jobs: list[_Job], num_workers: int) -> list[_Outcome]:
                 outcomes.append(outcome)
                 bar.update(1)
     bar.close()
-    failed: dict[tuple[str, str], list[str]] = {}
-    for o in outcomes:
-        if o.error:
-            failed.setdefault((o.method, o.error), []).append(o.key)
-    for (method, error), keys in failed.items():
-        shown = ", ".join(sorted(keys)[:5]) + (", ..." if len(keys) > 5 else "")
-        print(f"benchmark: {_display_name(method)}: {len(keys)} molecule(s) failed ({shown}): {error}", file=sys.stderr)
     return outcomes
 
 
-def _file_conformers(spec: str) -> dict[str, list[Chem.Mol]]:
-    path = spec[len(FILE_PREFIX):]
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"method {spec!r}: no such file {path!r}")
-    return _group(_read_records(path))
-
-
-def _check_methods(methods: Sequence[str]) -> None:
+def check_methods(methods: Sequence[str]) -> None:
+    """A ``ValueError`` naming an unknown or repeated method (``file:PATH`` methods are not opened here)."""
     for name in methods:
         if not name.startswith(FILE_PREFIX):
-            name = _split_guidance(name)[0]
+            name = split_guidance(name)[0]
         if not name.startswith(FILE_PREFIX) and name not in METHODS and name not in CONFDIFF_METHODS:
             raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS) + sorted(CONFDIFF_METHODS)} "
                              f"or {FILE_PREFIX}PATH")
@@ -393,15 +423,17 @@ def _check_methods(methods: Sequence[str]) -> None:
         raise ValueError(f"method given more than once: {duplicates}")
 
 
-def _make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
+def make_jobs(molecules: dict[str, list[Chem.Mol]], methods: Sequence[str], files: dict[str, dict],
                num_confs: Callable[[int], int], seed: int, model: str | None = None, pb_sample: int = 0,
-               steps: int | None = None) -> list[_Job]:
+               steps: int | None = None) -> list[Job]:
+    """One job per molecule and method; ``files``: a ``file:`` method's conformers by molecule key;
+    ``num_confs(K)``: conformers to make for a molecule with K references."""
     jobs = []
     for key, records in molecules.items():
         template = _template(records)
         for method in methods:
             generated = tuple(files[method][key]) if method in files else None
-            jobs.append(_Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model,
+            jobs.append(Job(method, key, template, tuple(records), num_confs(len(records)), seed, generated, model,
                              pb_sample, steps))
     return jobs
 
@@ -418,21 +450,21 @@ def _nan_stat(values: list[float], fn) -> float | None:
     return _finite_or_none(float(fn(kept))) if kept else None
 
 
-def _speed(outcomes: list[_Outcome]) -> float | None:
+def _speed(outcomes: list[Outcome]) -> float | None:
     cpu = [o.cpu_s for o in outcomes if o.cpu_s is not None]
     if not cpu or sum(cpu) <= 0:
         return None
     return sum(o.num_generated for o in outcomes) / sum(cpu)
 
 
-def _validity_summary(outcomes: list[_Outcome]) -> dict:
+def _validity_summary(outcomes: list[Outcome]) -> dict:
     """Shares of the conformers (of all molecules together) that pass our checks and posebusters'."""
     valid, checked, pb_valid, pb_checked = (sum(o.validity[k] for o in outcomes) for k in range(4))
     return {"valid": valid / checked if checked else None, "pb_valid": pb_valid / pb_checked if pb_checked else None,
             "pb_checked": pb_checked}
 
 
-def _ensemble_summary(outcomes: list[_Outcome], threshold: float, thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
+def ensemble_summary(outcomes: list[Outcome], threshold: float, thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
     rows, curves = [], []
     for o in outcomes:
         if o.rmsd is None:  # a failed molecule counts COV 0, and has no MAT
@@ -451,7 +483,7 @@ def _ensemble_summary(outcomes: list[_Outcome], threshold: float, thresholds: np
     return summary | _validity_summary(outcomes), np.mean(curves, axis=0)
 
 
-def _bioactive_summary(outcomes: list[_Outcome], thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
+def bioactive_summary(outcomes: list[Outcome], thresholds: np.ndarray) -> tuple[dict, np.ndarray]:
     best = np.array([np.nanmin(o.rmsd) if o.rmsd is not None else math.inf for o in outcomes])
     summary = {f"within_{t:.1f}".replace(".", "_"): float(np.mean(best <= t)) for t in BIOACTIVE_THRESHOLDS}
     summary["median_min_rmsd"] = _finite_or_none(float(np.median(best))) if len(best) else None
@@ -460,164 +492,18 @@ def _bioactive_summary(outcomes: list[_Outcome], thresholds: np.ndarray) -> tupl
     return summary | _validity_summary(outcomes), np.mean(best[None, :] <= thresholds[:, None], axis=1)
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-_HEADERS = {"cov_r_mean": "COV-R", "mat_r_mean": "MAT-R", "cov_p_mean": "COV-P", "mat_p_mean": "MAT-P",
-            "within_0_5": "<0.5A", "within_1_0": "<1.0A", "within_2_0": "<2.0A", "median_min_rmsd": "median",
-            "valid": "valid", "pb_valid": "pb_valid", "failures": "fails", "confs_per_cpu_s": "conf/CPU-s"}
-
-
-def _display_name(method: str) -> str:
-    return FILE_PREFIX + Path(method[len(FILE_PREFIX):]).name if method.startswith(FILE_PREFIX) else method
-
-
-def _print_table(methods: dict[str, dict], columns: Sequence[str]) -> None:
-    """One row per method; a median column follows its mean as "(med)"."""
-    names = {m: _display_name(m) for m in methods}
-    width = max(len("method"), *(len(n) for n in names.values()))
-    headers = [_HEADERS.get(c, "(med)") for c in columns]
-    widths = [max(6, len(h)) for h in headers]
-    print(f"{'method':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(headers, widths)))
-    for method, row in methods.items():
-        cells = [str(row[c]) if isinstance(row[c], int) else _fmt(row[c], 1 if c == "confs_per_cpu_s" else 3)
-                 for c in columns]
-        print(f"{names[method]:<{width}}  " + "  ".join(f"{x:>{w}}" for x, w in zip(cells, widths)))
-
-
-def _plot(path: str, thresholds: np.ndarray, curves: dict[str, np.ndarray], ylabel: str, marker: float | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, curve in curves.items():
-        ax.plot(thresholds, curve, label=_display_name(name))
-    if marker is not None:
-        ax.axvline(marker, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("RMSD threshold (A)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# --- the command --------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reference", nargs="?", help="reference conformers, .sdf or .sdf.gz (ensemble mode)")
-    parser.add_argument("--bioactive", metavar="LIGANDS", help="crystal ligand poses, .sdf or .sdf.gz (bioactive mode)")
-    parser.add_argument("--method", action="append", required=True, metavar="NAME",
-                        help=f"one of {', '.join([*METHODS, *CONFDIFF_METHODS])}, or {FILE_PREFIX}GENERATED.sdf[.gz]; "
-                             "repeat for several; a confdiff method may name its physics guidance: "
-                             "confdiff:none|repulsion|mmff[:SCALE]")
-    parser.add_argument("-n", "--num-confs", type=int, default=50, help="conformers per ligand in bioactive mode (50)")
-    parser.add_argument("--threshold", type=float, default=0.75, help="COV threshold in A (0.75)")
-    parser.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw coverage against threshold for every method")
-    parser.add_argument("--num-workers", type=int, default=1, help="worker processes (1)")
-    parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed ({DEFAULT_SEED:#x})")
-    parser.add_argument("--model", default=None, help="checkpoint for the confdiff methods (default: the shipped model)")
-    parser.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps of the confdiff methods")
-    parser.add_argument("--pb-sample", type=int, default=10, metavar="K",
-                        help="conformers per molecule and method judged by posebusters for pb_valid (10; 0: none)")
-
-
-def _validate(args: argparse.Namespace) -> None:
-    if (args.reference is None) == (args.bioactive is None):
-        raise ValueError("give either a REFERENCE file or --bioactive LIGANDS, not both or neither")
-    if args.num_workers < 1:
-        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
-    if args.max_molecules is not None and args.max_molecules < 1:
-        raise ValueError(f"--max-molecules must be >= 1, got {args.max_molecules}")
-    if args.num_confs < 1:
-        raise ValueError(f"-n must be >= 1, got {args.num_confs}")
-    if args.threshold <= 0:
-        raise ValueError(f"--threshold must be > 0, got {args.threshold}")
-    if args.pb_sample < 0:
-        raise ValueError(f"--pb-sample must be >= 0, got {args.pb_sample}")
-    source = args.bioactive if args.bioactive is not None else args.reference
-    if not Path(source).is_file():
-        raise FileNotFoundError(f"no such file {source!r}")
-    _check_methods(args.method)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        _validate(args)
-        files = {m: _file_conformers(m) for m in args.method if m.startswith(FILE_PREFIX)}
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"benchmark: {exc}", file=sys.stderr)
-        return 2
-    wall = time.perf_counter()
-    bioactive = args.bioactive is not None
-    source = args.bioactive if bioactive else args.reference
-    records = _read_records(source)
-    if bioactive:  # every record is one ligand pose
-        molecules = {f"{i}:{_molecule_key(m)}": [m] for i, m in enumerate(records)}
-        lookup = {k: k.split(":", 1)[1] for k in molecules}
-    else:
-        molecules = _group(records)
-        lookup = {k: k for k in molecules}
-    missing = {k for k in molecules if any(lookup[k] not in f for f in files.values())}
-    if missing:
-        print(f"benchmark: {len(missing)} of {len(molecules)} molecules are absent from a {FILE_PREFIX} file "
-              "and are left out for every method", file=sys.stderr)
-    molecules = {k: v for k, v in molecules.items() if k not in missing}
-    if args.max_molecules is not None:
-        molecules = dict(list(molecules.items())[: args.max_molecules])
-    if not molecules:
-        print("benchmark: no molecules to evaluate", file=sys.stderr)
-        return 1
-    files = {m: {k: f[lookup[k]] for k in molecules} for m, f in files.items()}
-    num_confs = (lambda k: args.num_confs) if bioactive else (lambda k: 2 * k)
-    pb_sample = args.pb_sample
-    if pb_sample and importlib.util.find_spec("posebusters") is None:
-        print("benchmark: posebusters is not installed (pip install confdiff[validate]): no pb_valid", file=sys.stderr)
-        pb_sample = 0
-    jobs = _make_jobs(molecules, args.method, files, num_confs, args.seed, args.model, pb_sample, args.steps)
-    outcomes = _run_jobs(jobs, args.num_workers)
-
-    thresholds = np.linspace(0.0, _CURVE_MAX, _CURVE_POINTS)
+def summarise(outcomes: Sequence[Outcome], methods: Sequence[str], molecules: Sequence[str], *, bioactive: bool,
+              threshold: float) -> tuple[dict[str, dict], dict[str, np.ndarray], np.ndarray]:
+    """``(results, curves, thresholds)``: per method, its summary row (:func:`ensemble_summary` at
+    ``threshold``, or :func:`bioactive_summary`) and its curve on ``thresholds`` (``CURVE_THRESHOLDS``),
+    the outcomes taken in the order of ``molecules``."""
+    thresholds = np.linspace(*CURVE_THRESHOLDS)
     order = {k: i for i, k in enumerate(molecules)}
     results, curves = {}, {}
-    for method in args.method:
+    for method in methods:
         mine = sorted((o for o in outcomes if o.method == method), key=lambda o: order[o.key])
         if bioactive:
-            results[method], curves[method] = _bioactive_summary(mine, thresholds)
+            results[method], curves[method] = bioactive_summary(mine, thresholds)
         else:
-            results[method], curves[method] = _ensemble_summary(mine, args.threshold, thresholds)
-
-    wall = time.perf_counter() - wall
-    setting = f"{args.num_confs} conformers per ligand" if bioactive else f"2K conformers, threshold {args.threshold} A"
-    print(f"{len(molecules)} {'ligands' if bioactive else 'molecules'}, {setting}, wall time {wall:.1f} s")
-    if bioactive:
-        columns = [f"within_{t:.1f}".replace(".", "_") for t in BIOACTIVE_THRESHOLDS] + ["median_min_rmsd"]
-    else:
-        columns = [f"{m}_{s}" for m in ("cov_r", "mat_r", "cov_p", "mat_p") for s in ("mean", "median")]
-    _print_table(results, columns + ["valid", "pb_valid", "failures", "confs_per_cpu_s"])
-
-    if args.json:
-        report = {
-            "mode": "bioactive" if bioactive else "ensemble",
-            "input": str(source),
-            "num_molecules": len(molecules),
-            "threshold": None if bioactive else args.threshold,
-            "num_confs": args.num_confs if bioactive else "2K",
-            "seed": args.seed,
-            "pb_sample": pb_sample,
-            "wall_s": wall,
-            "methods": results,
-            "curves": {"thresholds": thresholds.tolist(), **{m: c.tolist() for m, c in curves.items()}},
-        }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    if args.plot:
-        ylabel = "share of ligands within threshold" if bioactive else "COV-R (mean over molecules)"
-        _plot(args.plot, thresholds, curves, ylabel, None if bioactive else args.threshold)
-    return 0
+            results[method], curves[method] = ensemble_summary(mine, threshold, thresholds)
+    return results, curves, thresholds
