@@ -37,7 +37,8 @@ from torch import Tensor
 
 from ..chem.torsions import apply_torsion_changes
 from ..diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
-from ..diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
+from ..diffusion.losses import denoising_score_matching_loss
+from ..diffusion.schedules import Schedule
 
 __all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion"]
 
@@ -156,44 +157,111 @@ class ConformerDiffusion:
         return score
 
     # --- training -----------------------------------------------------------------------------
-    def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
-        """Per-graph denoising score matching loss, shape (G,).
+    def _training_sde(self, batch, full: Tensor) -> ProductSDE:
+        """The refine SDE of ``batch`` with the graphs flagged ``full (G,)`` on the full path
+        (torsions held at ``sigma_tor_min``, coordinates on the ``sigma_full`` schedule)."""
+        sde = self.sde(batch)
+        tor_sde, pos_sde = sde.sdes
+        tor = _PerGraphSchedule(full, self.tor_schedule, _Initial(self.tor_schedule))
+        pos = _PerGraphSchedule(full, self.pos_schedule, self.full_schedule)
+        return ProductSDE([SDE(tor, tor_sde.space), SDE(pos, pos_sde.space)], sde.space)
 
-        ``batch.pos`` holds data conformers. Draw ``t ~ U(0, 1)`` per graph; a share
+    def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
+        """Per-graph denoising score matching loss, shape (G,): the core's
+        :func:`~confdiff.diffusion.losses.denoising_score_matching_loss` on the refine state ``(d, e)``.
+
+        ``batch.pos`` holds data conformers (``y_0 = 0``). Draw ``t ~ U(0, 1)`` per graph; a share
         ``full_fraction`` of the graphs take the ``"full"`` noise levels (``sigma_tor_min`` and
         ``sigma_full(t)``), the others ``sigma_tor(t)`` and ``sigma_pos(t)``; then
         ``d ~ WN(0, sigma_tor)``, ``e ~ N(0, sigma_pos^2)`` (zero CoM). The targets are the exact
         conditional scores ``grad log WN(d; sigma_tor)`` and ``-e / sigma_pos^2``. Each part's error
         is measured in units of its expected score norm (torsional diffusion's normalisation;
-        ``1 / sigma^2`` for a Gaussian) and averaged over the graph's torsions and coordinate
-        degrees of freedom.
+        ``1 / sigma^2`` for a Gaussian), averaged over the graph's torsions and coordinate degrees of
+        freedom, and the coordinate part weighted by ``pos_loss_weight``.
         """
-        sde = self.sde(batch)
-        tor_space, pos_space = sde.space.spaces
         device, dtype = batch.pos.device, batch.pos.dtype
         t = torch.rand(batch.num_graphs, generator=generator, device=device, dtype=dtype)
-        graph_sigma_tor, sigma_pos = self.sigmas(t)
         if self.config.full_fraction > 0:
             full = torch.rand(batch.num_graphs, generator=generator, device=device) < self.config.full_fraction
-            full_tor, full_pos = self.sigmas(t, "full")
-            graph_sigma_tor = torch.where(full, full_tor, graph_sigma_tor)
-            sigma_pos = torch.where(full, full_pos, sigma_pos)
-        sigma_tor = tor_space.broadcast(graph_sigma_tor, batch.torsion_index[0].to(dtype))
-        d = sample_wrapped_normal(sigma_tor.shape, sigma_tor, generator=generator)
-        e = pos_space.noise(batch.pos, generator) * pos_space.broadcast(sigma_pos, batch.pos)
-        noisy = copy.copy(batch)
-        noisy.pos = apply_torsion_changes(batch.pos, batch, d) + e
-        noisy.sigma_tor, noisy.sigma_pos = graph_sigma_tor, sigma_pos
-        tor_pred, pos_pred = model(noisy)
+            sde = self._training_sde(batch, full)
+        else:
+            sde = self.sde(batch)
+        tor_sde, pos_sde = sde.sdes
+        sigma_tor, sigma_pos = tor_sde.schedule.sigma(t), pos_sde.schedule.sigma(t)
 
-        tor_target = wrapped_normal_score(d, sigma_tor)
-        tor_err = (tor_pred - tor_target) ** 2 / wrapped_normal_score_norm(sigma_tor)
-        # per-graph mean over torsions (0 for a rigid graph; a batch may hold no torsion at all)
-        n_tor = torch.bincount(tor_space.batch, minlength=batch.num_graphs).to(tor_err.dtype)
-        tor_sum = torch.zeros(batch.num_graphs, dtype=tor_err.dtype, device=device)
-        tor_loss = tor_sum.index_add_(0, tor_space.batch, tor_err) / n_tor.clamp(min=1.0)
+        def model_fn(y: Tensor, t: Tensor) -> Tensor:
+            noisy = copy.copy(batch)
+            noisy.pos = self.positions(sde, batch, batch.pos, y)
+            noisy.sigma_tor, noisy.sigma_pos = sigma_tor, sigma_pos
+            return sde.space.join([p.to(y.dtype) for p in model(noisy)])
 
-        pos_target = -e / pos_space.broadcast(sigma_pos**2, e)
-        pos_err = ((pos_pred - pos_target) * pos_space.broadcast(sigma_pos, e)) ** 2
-        pos_loss = pos_space.sum(pos_err) / pos_space.dim(e).clamp(min=1.0)
-        return tor_loss + self.config.pos_loss_weight * pos_loss
+        y0 = torch.zeros(sde.space.numel, dtype=dtype, device=device)
+        return denoising_score_matching_loss(
+            model_fn, y0, sde, t=t, generator=generator, parameterization=["wrapped_score", "score"],
+            weighting=["score_norm", "simple"], reduction="mean", part_weights=[1.0, self.config.pos_loss_weight])
+
+
+class _PerGraphSchedule(Schedule):
+    """``full``'s schedule for the graphs flagged in ``mask (G,)``, ``refine``'s for the others
+    (both variance exploding); ``t`` of shape ``(G,)``, one time per graph."""
+
+    variance_exploding = True
+
+    def __init__(self, mask: Tensor, refine: Schedule, full: Schedule):
+        super().__init__()
+        self.mask, self.refine, self.full = mask, refine, full
+
+    def _pick(self, name: str, t: Tensor) -> Tensor:
+        return torch.where(self.mask.to(t.device), getattr(self.full, name)(t), getattr(self.refine, name)(t))
+
+    def alpha(self, t):
+        return self._pick("alpha", t)
+
+    def sigma(self, t):
+        return self._pick("sigma", t)
+
+    def log_snr(self, t):
+        return self._pick("log_snr", t)
+
+    def d_log_snr(self, t):
+        return self._pick("d_log_snr", t)
+
+    def d_log_alpha(self, t):
+        return self._pick("d_log_alpha", t)
+
+    def d_sigma2(self, t):
+        return self._pick("d_sigma2", t)
+
+    def prior_std(self) -> float:
+        return max(self.refine.prior_std(), self.full.prior_std())
+
+
+class _Initial(Schedule):
+    """``schedule`` held at its ``t = 0`` level for every ``t`` (a part that does not diffuse)."""
+
+    variance_exploding = True
+
+    def __init__(self, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.schedule.sigma(torch.zeros_like(t))
+
+    def log_snr(self, t):
+        return self.schedule.log_snr(torch.zeros_like(t))
+
+    def d_log_snr(self, t):
+        return torch.zeros_like(t)
+
+    def d_log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma2(self, t):
+        return torch.zeros_like(t)
+
+    def prior_std(self) -> float:
+        return float(self.schedule.sigma(torch.zeros(())))
