@@ -15,7 +15,7 @@ the core run on it unchanged. The prior is uniform on the torus times an isotrop
 zero-CoM subspace; the score network is SE(3)-equivariant (torsion scores invariant, coordinate
 scores rotating with the input), so the density of every step is SE(3)-invariant.
 
-Three processes (``MODES``) share the model:
+Three processes (``MODES``, one :class:`~confdiff.conformers.modes.Mode` each) share the model:
 
 * ``"refine"`` (the default): ``y = (d, e)`` as above, ``x_ref`` an ETKDG seed;
 * ``"torsions"``: ``y = d`` only, the seed's bond lengths, angles and puckers kept exactly;
@@ -39,10 +39,9 @@ from ..chem.torsions import apply_torsion_changes
 from ..diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
 from ..diffusion.losses import denoising_score_matching_loss
 from ..diffusion.schedules import Schedule
+from .modes import MODES, REFINE, Mode
 
-__all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion"]
-
-MODES = ("refine", "torsions", "full")
+__all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion", "ConformerSDE", "Mode"]
 
 
 @dataclass(frozen=True)
@@ -89,82 +88,76 @@ class ConformerDiffusion:
         self.pos_schedule = VEGeometric(config.sigma_pos_min, config.sigma_pos_max)
         self.full_schedule = VEGeometric(config.sigma_pos_min, config.sigma_full_max)
 
-    def check_mode(self, mode: str) -> None:
-        """Raise ``ValueError`` for an unknown mode, or ``"full"`` with a model not trained for it."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-        if mode == "full" and self.config.full_fraction == 0:
+    def check_mode(self, mode: Mode | str) -> Mode:
+        """The :class:`Mode` of ``mode``; ``ValueError`` for an unknown mode, or the full mode with a
+        model not trained for it."""
+        mode = Mode.of(mode)
+        if mode.full and self.config.full_fraction == 0:
             raise ValueError("this model was not trained for the full-coordinate mode (full_fraction = 0); "
                              "train one with `confdiff train --full-fraction F` or use mode 'refine'")
+        return mode
 
     # --- the state space of a batch ---------------------------------------------------------
-    def sde(self, batch, mode: str = "refine") -> ProductSDE:
+    def sde(self, batch, mode: Mode | str = REFINE) -> ConformerSDE:
         """The SDE of ``mode`` for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``
         (``"refine"``), ``d`` (``"torsions"``) or ``e.flatten()`` (``"full"``)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        mode = Mode.of(mode)
         num_graphs = batch.num_graphs
         spaces, shapes, sdes = [], [], []
-        if mode != "full":
+        if mode.torsions:
             tor_batch = batch.batch[batch.torsion_index[0]]  # graph of each torsion
             spaces.append(Torus(tor_batch, num_graphs))
             shapes.append((tor_batch.shape[0],))
             sdes.append(SDE(self.tor_schedule, spaces[-1]))
-        if mode != "torsions":
+        if mode.coordinates:
             spaces.append(ZeroCoM(batch.batch, num_graphs))
             shapes.append((batch.num_nodes, 3))
-            sdes.append(SDE(self.full_schedule if mode == "full" else self.pos_schedule, spaces[-1]))
-        return ProductSDE(sdes, Product(spaces, shapes))
+            sdes.append(SDE(self.full_schedule if mode.full else self.pos_schedule, spaces[-1]))
+        return ConformerSDE(sdes, Product(spaces, shapes), mode)
 
-    @staticmethod
-    def _parts(sde: ProductSDE) -> tuple[bool, bool]:
-        """Whether the state of ``sde`` holds torsion changes ``d`` and coordinate displacements ``e``."""
-        kinds = [type(space) for space in sde.space.spaces]
-        return Torus in kinds, ZeroCoM in kinds
-
-    def positions(self, sde: ProductSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
-        """Conformer ``x(y) = T(pos_ref, d) + e`` (without the parts ``sde`` lacks), shape (N, 3)."""
-        has_tor, has_pos = self._parts(sde)
+    def positions(self, sde: ConformerSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
+        """Conformer ``x(y) = T(pos_ref, d) + e`` (without the parts ``sde``'s mode lacks), shape (N, 3)."""
         parts = sde.space.split(y)
-        pos = apply_torsion_changes(pos_ref, batch, parts[0]) if has_tor else pos_ref
-        return pos + parts[-1] if has_pos else pos
+        pos = apply_torsion_changes(pos_ref, batch, parts[0]) if sde.mode.torsions else pos_ref
+        return pos + parts[-1] if sde.mode.coordinates else pos
 
-    def sigmas(self, t: Tensor, mode: str = "refine") -> tuple[Tensor, Tensor]:
+    def sigmas(self, t: Tensor, mode: Mode | str = REFINE) -> tuple[Tensor, Tensor]:
         """``(sigma_tor, sigma_pos)`` at times ``t`` in ``mode``; a part that does not diffuse in
         ``mode`` stays at its smallest level."""
+        mode = Mode.of(mode)
         zero = torch.zeros_like(t)
-        schedule = self.full_schedule if mode == "full" else self.pos_schedule
-        return self.tor_schedule.sigma(zero if mode == "full" else t), schedule.sigma(zero if mode == "torsions" else t)
+        pos_schedule = self.full_schedule if mode.full else self.pos_schedule
+        return (self.tor_schedule.sigma(t if mode.torsions else zero),
+                pos_schedule.sigma(t if mode.coordinates else zero))
 
-    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: str = "refine"):
+    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: Mode | str = REFINE):
         """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in ``mode``."""
         noisy = copy.copy(batch)
         noisy.pos = pos
         noisy.sigma_tor, noisy.sigma_pos = self.sigmas(t, mode)
         return noisy
 
-    def score_fn(self, model, batch, pos_ref: Tensor, sde: ProductSDE):
+    def score_fn(self, model, batch, pos_ref: Tensor, sde: ConformerSDE):
         """``score_fn(y, t)`` of the state of ``sde`` (from :meth:`sde`) for the core's samplers and likelihood."""
-        has_tor, has_pos = self._parts(sde)
-        mode = "refine" if has_tor and has_pos else "torsions" if has_tor else "full"
+        mode = sde.mode
 
         def score(y: Tensor, t: Tensor) -> Tensor:
             pos = self.positions(sde, batch, pos_ref, y)
             tor_score, pos_score = model(self.noisy_batch(batch, pos, t, mode))
-            parts = [tor_score] * has_tor + [pos_score] * has_pos
+            parts = [tor_score] * mode.torsions + [pos_score] * mode.coordinates
             return sde.space.join([p.to(y.dtype) for p in parts])
 
         return score
 
     # --- training -----------------------------------------------------------------------------
-    def _training_sde(self, batch, full: Tensor) -> ProductSDE:
+    def _training_sde(self, batch, full: Tensor) -> ConformerSDE:
         """The refine SDE of ``batch`` with the graphs flagged ``full (G,)`` on the full path
         (torsions held at ``sigma_tor_min``, coordinates on the ``sigma_full`` schedule)."""
         sde = self.sde(batch)
         tor_sde, pos_sde = sde.sdes
         tor = _PerGraphSchedule(full, self.tor_schedule, _Initial(self.tor_schedule))
         pos = _PerGraphSchedule(full, self.pos_schedule, self.full_schedule)
-        return ProductSDE([SDE(tor, tor_sde.space), SDE(pos, pos_sde.space)], sde.space)
+        return ConformerSDE([SDE(tor, tor_sde.space), SDE(pos, pos_sde.space)], sde.space, REFINE)
 
     def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
         """Per-graph denoising score matching loss, shape (G,): the core's
@@ -199,6 +192,18 @@ class ConformerDiffusion:
         return denoising_score_matching_loss(
             model_fn, y0, sde, t=t, generator=generator, parameterization=["wrapped_score", "score"],
             weighting=["score_norm", "simple"], reduction="mean", part_weights=[1.0, self.config.pos_loss_weight])
+
+
+class ConformerSDE(ProductSDE):
+    """The :class:`~confdiff.diffusion.ProductSDE` of a batch in one :class:`Mode` (``mode``): the
+    parts are the torsions (``mode.torsions``), then the coordinates (``mode.coordinates``)."""
+
+    def __init__(self, sdes, space: Product, mode: Mode):
+        super().__init__(sdes, space)
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"ConformerSDE({self.sdes!r}, mode={self.mode.name!r})"
 
 
 class _PerGraphSchedule(Schedule):
