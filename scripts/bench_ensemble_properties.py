@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rdkit import Chem
 
-from confdiff.cli import benchmark
+from confdiff.conformers import evaluation
 from confdiff.chem.properties import (
     PROPERTY_NAMES,
     XtbProperties,
@@ -55,7 +55,7 @@ def run_one(job: tuple) -> tuple:
     torch.set_num_threads(1)
     method, mol_id, molblock, num, seed, model = job
     try:
-        mol = benchmark.generate_method(method, Chem.MolFromMolBlock(molblock, removeHs=False), num, seed, model)
+        mol = evaluation.generate_method(method, Chem.MolFromMolBlock(molblock, removeHs=False), num, seed, model)
         props = conformer_properties(mol, relax=True)
         if not props:
             return method, mol_id, None, "no conformer could be optimised"
@@ -68,14 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", help="reference SDF(.gz) built by scripts/build_reference.py")
     parser.add_argument("--method", action="append", required=True,
-                        help=f"one of {', '.join([*benchmark.METHODS, *benchmark.CONFDIFF_METHODS])}")
+                        help=f"one of {', '.join([*evaluation.METHODS, *evaluation.CONFDIFF_METHODS])}")
     parser.add_argument("--model", default=None, help="checkpoint for the confdiff methods")
     parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
-    parser.add_argument("--seed", type=int, default=benchmark.DEFAULT_SEED)
+    parser.add_argument("--seed", type=int, default=evaluation.DEFAULT_SEED)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    unknown = [m for m in args.method if m not in benchmark.METHODS and m not in benchmark.CONFDIFF_METHODS]
+    unknown = [m for m in args.method if m not in evaluation.METHODS and m not in evaluation.CONFDIFF_METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}")
     groups = read_reference(args.reference)

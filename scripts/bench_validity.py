@@ -1,7 +1,7 @@
 """Physical validity of raw conformers: PoseBusters' molecule checks, clashes and CPU time per method.
 
 For the first ``--max-molecules`` records of an SDF / SMILES file, every method makes ``-n``
-conformers per molecule (``confdiff.cli.benchmark``'s method names, ``confdiff`` options through
+conformers per molecule (``confdiff.conformers.evaluation``'s method names, ``confdiff`` options through
 ``--confdiff-option KEY=VALUE``); each conformer is checked by ``posebusters`` (config ``mol``, one
 conformer per call, its conformer id 0 so the energy check runs on it) and the heavy-atom pairs 3 or
 more bonds apart closer than 2.2 A are counted. Prints a table and writes ``--json``.
@@ -67,7 +67,7 @@ def _parse_options(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="SDF / SMILES file")
-    parser.add_argument("--method", action="append", required=True, help="a confdiff.cli.benchmark method (repeatable)")
+    parser.add_argument("--method", action="append", required=True, help="a confdiff.conformers.evaluation method (repeatable)")
     parser.add_argument("-n", type=int, default=50, help="conformers per molecule")
     parser.add_argument("--max-molecules", type=int, default=10**9)
     parser.add_argument("--seed", type=int, default=0xF00D)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from confdiff.cli import benchmark
+    from confdiff.conformers import evaluation
 
     torch.set_num_threads(1)
     options = _parse_options(args.confdiff_option)
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             template.RemoveAllConformers()
             start = time.process_time()
             try:
-                if method in benchmark.CONFDIFF_METHODS and options:
-                    mode, relax = benchmark.CONFDIFF_METHODS[method]
-                    out = benchmark.generate_confdiff(template, args.n, args.seed, mode=mode, relax=relax, **options)
+                if method in evaluation.CONFDIFF_METHODS and options:
+                    mode, relax = evaluation.CONFDIFF_METHODS[method]
+                    out = evaluation.generate_confdiff(template, args.n, args.seed, mode=mode, relax=relax, **options)
                 else:
-                    out = benchmark.generate_method(method, template, args.n, args.seed)
+                    out = evaluation.generate_method(method, template, args.n, args.seed)
             except Exception as exc:  # noqa: BLE001 -- a failed molecule is reported, the others go on
                 failed.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue

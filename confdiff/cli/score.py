@@ -20,6 +20,7 @@ import torch
 from rdkit import Chem
 
 from ..chem.io import MoleculeInputError, MolRecord, SDFWriter, read_molecules
+from ..conformers.modes import MODES
 
 __all__ = ["add_arguments", "molecules", "run"]
 
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="SDF / SDF.GZ with 3D conformers")
     parser.add_argument("-o", "--output", required=True, help="output SDF (.sdf or .sdf.gz)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--mode", "--density", dest="mode", default=DEFAULT_MODE, choices=("refine", "torsions", "full"),
+    parser.add_argument("--mode", "--density", dest="mode", default=DEFAULT_MODE, choices=MODES,
                         help="which of the model's densities (docs/likelihood.md; default torsions: the torsion "
                              "density given the rest of the conformer, ~1 CPU s per conformer; refine: torsions "
                              "and coordinates, minutes per conformer)")

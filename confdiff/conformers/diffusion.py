@@ -15,7 +15,7 @@ the core run on it unchanged. The prior is uniform on the torus times an isotrop
 zero-CoM subspace; the score network is SE(3)-equivariant (torsion scores invariant, coordinate
 scores rotating with the input), so the density of every step is SE(3)-invariant.
 
-Three processes (``MODES``) share the model:
+Three processes (``MODES``, one :class:`~confdiff.conformers.modes.Mode` each) share the model:
 
 * ``"refine"`` (the default): ``y = (d, e)`` as above, ``x_ref`` an ETKDG seed;
 * ``"torsions"``: ``y = d`` only, the seed's bond lengths, angles and puckers kept exactly;
@@ -37,11 +37,11 @@ from torch import Tensor
 
 from ..chem.torsions import apply_torsion_changes
 from ..diffusion import SDE, Product, ProductSDE, Torus, VEGeometric, ZeroCoM
-from ..diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
+from ..diffusion.losses import denoising_score_matching_loss
+from ..diffusion.schedules import Schedule
+from .modes import MODES, REFINE, Mode
 
-__all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion"]
-
-MODES = ("refine", "torsions", "full")
+__all__ = ["MODES", "ConformerDiffusionConfig", "ConformerDiffusion", "ConformerSDE", "Mode"]
 
 
 @dataclass(frozen=True)
@@ -88,112 +88,185 @@ class ConformerDiffusion:
         self.pos_schedule = VEGeometric(config.sigma_pos_min, config.sigma_pos_max)
         self.full_schedule = VEGeometric(config.sigma_pos_min, config.sigma_full_max)
 
-    def check_mode(self, mode: str) -> None:
-        """Raise ``ValueError`` for an unknown mode, or ``"full"`` with a model not trained for it."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
-        if mode == "full" and self.config.full_fraction == 0:
+    def check_mode(self, mode: Mode | str) -> Mode:
+        """The :class:`Mode` of ``mode``; ``ValueError`` for an unknown mode, or the full mode with a
+        model not trained for it."""
+        mode = Mode.of(mode)
+        if mode.full and self.config.full_fraction == 0:
             raise ValueError("this model was not trained for the full-coordinate mode (full_fraction = 0); "
                              "train one with `confdiff train --full-fraction F` or use mode 'refine'")
+        return mode
 
     # --- the state space of a batch ---------------------------------------------------------
-    def sde(self, batch, mode: str = "refine") -> ProductSDE:
+    def sde(self, batch, mode: Mode | str = REFINE) -> ConformerSDE:
         """The SDE of ``mode`` for ``batch``; its state is ``cat(d (T,), e.flatten() (3N,))``
         (``"refine"``), ``d`` (``"torsions"``) or ``e.flatten()`` (``"full"``)."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+        mode = Mode.of(mode)
         num_graphs = batch.num_graphs
         spaces, shapes, sdes = [], [], []
-        if mode != "full":
+        if mode.torsions:
             tor_batch = batch.batch[batch.torsion_index[0]]  # graph of each torsion
             spaces.append(Torus(tor_batch, num_graphs))
             shapes.append((tor_batch.shape[0],))
             sdes.append(SDE(self.tor_schedule, spaces[-1]))
-        if mode != "torsions":
+        if mode.coordinates:
             spaces.append(ZeroCoM(batch.batch, num_graphs))
             shapes.append((batch.num_nodes, 3))
-            sdes.append(SDE(self.full_schedule if mode == "full" else self.pos_schedule, spaces[-1]))
-        return ProductSDE(sdes, Product(spaces, shapes))
+            sdes.append(SDE(self.full_schedule if mode.full else self.pos_schedule, spaces[-1]))
+        return ConformerSDE(sdes, Product(spaces, shapes), mode)
 
-    @staticmethod
-    def _parts(sde: ProductSDE) -> tuple[bool, bool]:
-        """Whether the state of ``sde`` holds torsion changes ``d`` and coordinate displacements ``e``."""
-        kinds = [type(space) for space in sde.space.spaces]
-        return Torus in kinds, ZeroCoM in kinds
-
-    def positions(self, sde: ProductSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
-        """Conformer ``x(y) = T(pos_ref, d) + e`` (without the parts ``sde`` lacks), shape (N, 3)."""
-        has_tor, has_pos = self._parts(sde)
+    def positions(self, sde: ConformerSDE, batch, pos_ref: Tensor, y: Tensor) -> Tensor:
+        """Conformer ``x(y) = T(pos_ref, d) + e`` (without the parts ``sde``'s mode lacks), shape (N, 3)."""
         parts = sde.space.split(y)
-        pos = apply_torsion_changes(pos_ref, batch, parts[0]) if has_tor else pos_ref
-        return pos + parts[-1] if has_pos else pos
+        pos = apply_torsion_changes(pos_ref, batch, parts[0]) if sde.mode.torsions else pos_ref
+        return pos + parts[-1] if sde.mode.coordinates else pos
 
-    def sigmas(self, t: Tensor, mode: str = "refine") -> tuple[Tensor, Tensor]:
+    def sigmas(self, t: Tensor, mode: Mode | str = REFINE) -> tuple[Tensor, Tensor]:
         """``(sigma_tor, sigma_pos)`` at times ``t`` in ``mode``; a part that does not diffuse in
         ``mode`` stays at its smallest level."""
+        mode = Mode.of(mode)
         zero = torch.zeros_like(t)
-        schedule = self.full_schedule if mode == "full" else self.pos_schedule
-        return self.tor_schedule.sigma(zero if mode == "full" else t), schedule.sigma(zero if mode == "torsions" else t)
+        pos_schedule = self.full_schedule if mode.full else self.pos_schedule
+        return (self.tor_schedule.sigma(t if mode.torsions else zero),
+                pos_schedule.sigma(t if mode.coordinates else zero))
 
-    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: str = "refine"):
+    def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: Mode | str = REFINE):
         """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in ``mode``."""
         noisy = copy.copy(batch)
         noisy.pos = pos
         noisy.sigma_tor, noisy.sigma_pos = self.sigmas(t, mode)
         return noisy
 
-    def score_fn(self, model, batch, pos_ref: Tensor, sde: ProductSDE):
+    def score_fn(self, model, batch, pos_ref: Tensor, sde: ConformerSDE):
         """``score_fn(y, t)`` of the state of ``sde`` (from :meth:`sde`) for the core's samplers and likelihood."""
-        has_tor, has_pos = self._parts(sde)
-        mode = "refine" if has_tor and has_pos else "torsions" if has_tor else "full"
+        mode = sde.mode
 
         def score(y: Tensor, t: Tensor) -> Tensor:
             pos = self.positions(sde, batch, pos_ref, y)
             tor_score, pos_score = model(self.noisy_batch(batch, pos, t, mode))
-            parts = [tor_score] * has_tor + [pos_score] * has_pos
+            parts = [tor_score] * mode.torsions + [pos_score] * mode.coordinates
             return sde.space.join([p.to(y.dtype) for p in parts])
 
         return score
 
     # --- training -----------------------------------------------------------------------------
-    def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
-        """Per-graph denoising score matching loss, shape (G,).
+    def _training_sde(self, batch, full: Tensor) -> ConformerSDE:
+        """The refine SDE of ``batch`` with the graphs flagged ``full (G,)`` on the full path
+        (torsions held at ``sigma_tor_min``, coordinates on the ``sigma_full`` schedule)."""
+        sde = self.sde(batch)
+        tor_sde, pos_sde = sde.sdes
+        tor = _PerGraphSchedule(full, self.tor_schedule, _Initial(self.tor_schedule))
+        pos = _PerGraphSchedule(full, self.pos_schedule, self.full_schedule)
+        return ConformerSDE([SDE(tor, tor_sde.space), SDE(pos, pos_sde.space)], sde.space, REFINE)
 
-        ``batch.pos`` holds data conformers. Draw ``t ~ U(0, 1)`` per graph; a share
+    def loss(self, model, batch, generator: torch.Generator | None = None) -> Tensor:
+        """Per-graph denoising score matching loss, shape (G,): the core's
+        :func:`~confdiff.diffusion.losses.denoising_score_matching_loss` on the refine state ``(d, e)``.
+
+        ``batch.pos`` holds data conformers (``y_0 = 0``). Draw ``t ~ U(0, 1)`` per graph; a share
         ``full_fraction`` of the graphs take the ``"full"`` noise levels (``sigma_tor_min`` and
         ``sigma_full(t)``), the others ``sigma_tor(t)`` and ``sigma_pos(t)``; then
         ``d ~ WN(0, sigma_tor)``, ``e ~ N(0, sigma_pos^2)`` (zero CoM). The targets are the exact
         conditional scores ``grad log WN(d; sigma_tor)`` and ``-e / sigma_pos^2``. Each part's error
         is measured in units of its expected score norm (torsional diffusion's normalisation;
-        ``1 / sigma^2`` for a Gaussian) and averaged over the graph's torsions and coordinate
-        degrees of freedom.
+        ``1 / sigma^2`` for a Gaussian), averaged over the graph's torsions and coordinate degrees of
+        freedom, and the coordinate part weighted by ``pos_loss_weight``.
         """
-        sde = self.sde(batch)
-        tor_space, pos_space = sde.space.spaces
         device, dtype = batch.pos.device, batch.pos.dtype
         t = torch.rand(batch.num_graphs, generator=generator, device=device, dtype=dtype)
-        graph_sigma_tor, sigma_pos = self.sigmas(t)
         if self.config.full_fraction > 0:
             full = torch.rand(batch.num_graphs, generator=generator, device=device) < self.config.full_fraction
-            full_tor, full_pos = self.sigmas(t, "full")
-            graph_sigma_tor = torch.where(full, full_tor, graph_sigma_tor)
-            sigma_pos = torch.where(full, full_pos, sigma_pos)
-        sigma_tor = tor_space.broadcast(graph_sigma_tor, batch.torsion_index[0].to(dtype))
-        d = sample_wrapped_normal(sigma_tor.shape, sigma_tor, generator=generator)
-        e = pos_space.noise(batch.pos, generator) * pos_space.broadcast(sigma_pos, batch.pos)
-        noisy = copy.copy(batch)
-        noisy.pos = apply_torsion_changes(batch.pos, batch, d) + e
-        noisy.sigma_tor, noisy.sigma_pos = graph_sigma_tor, sigma_pos
-        tor_pred, pos_pred = model(noisy)
+            sde = self._training_sde(batch, full)
+        else:
+            sde = self.sde(batch)
+        tor_sde, pos_sde = sde.sdes
+        sigma_tor, sigma_pos = tor_sde.schedule.sigma(t), pos_sde.schedule.sigma(t)
 
-        tor_target = wrapped_normal_score(d, sigma_tor)
-        tor_err = (tor_pred - tor_target) ** 2 / wrapped_normal_score_norm(sigma_tor)
-        # per-graph mean over torsions (0 for a rigid graph; a batch may hold no torsion at all)
-        n_tor = torch.bincount(tor_space.batch, minlength=batch.num_graphs).to(tor_err.dtype)
-        tor_sum = torch.zeros(batch.num_graphs, dtype=tor_err.dtype, device=device)
-        tor_loss = tor_sum.index_add_(0, tor_space.batch, tor_err) / n_tor.clamp(min=1.0)
+        def model_fn(y: Tensor, t: Tensor) -> Tensor:
+            noisy = copy.copy(batch)
+            noisy.pos = self.positions(sde, batch, batch.pos, y)
+            noisy.sigma_tor, noisy.sigma_pos = sigma_tor, sigma_pos
+            return sde.space.join([p.to(y.dtype) for p in model(noisy)])
 
-        pos_target = -e / pos_space.broadcast(sigma_pos**2, e)
-        pos_err = ((pos_pred - pos_target) * pos_space.broadcast(sigma_pos, e)) ** 2
-        pos_loss = pos_space.sum(pos_err) / pos_space.dim(e).clamp(min=1.0)
-        return tor_loss + self.config.pos_loss_weight * pos_loss
+        y0 = torch.zeros(sde.space.numel, dtype=dtype, device=device)
+        return denoising_score_matching_loss(
+            model_fn, y0, sde, t=t, generator=generator, parameterization=["wrapped_score", "score"],
+            weighting=["score_norm", "simple"], reduction="mean", part_weights=[1.0, self.config.pos_loss_weight])
+
+
+class ConformerSDE(ProductSDE):
+    """The :class:`~confdiff.diffusion.ProductSDE` of a batch in one :class:`Mode` (``mode``): the
+    parts are the torsions (``mode.torsions``), then the coordinates (``mode.coordinates``)."""
+
+    def __init__(self, sdes, space: Product, mode: Mode):
+        super().__init__(sdes, space)
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"ConformerSDE({self.sdes!r}, mode={self.mode.name!r})"
+
+
+class _PerGraphSchedule(Schedule):
+    """``full``'s schedule for the graphs flagged in ``mask (G,)``, ``refine``'s for the others
+    (both variance exploding); ``t`` of shape ``(G,)``, one time per graph."""
+
+    variance_exploding = True
+
+    def __init__(self, mask: Tensor, refine: Schedule, full: Schedule):
+        super().__init__()
+        self.mask, self.refine, self.full = mask, refine, full
+
+    def _pick(self, name: str, t: Tensor) -> Tensor:
+        return torch.where(self.mask.to(t.device), getattr(self.full, name)(t), getattr(self.refine, name)(t))
+
+    def alpha(self, t):
+        return self._pick("alpha", t)
+
+    def sigma(self, t):
+        return self._pick("sigma", t)
+
+    def log_snr(self, t):
+        return self._pick("log_snr", t)
+
+    def d_log_snr(self, t):
+        return self._pick("d_log_snr", t)
+
+    def d_log_alpha(self, t):
+        return self._pick("d_log_alpha", t)
+
+    def d_sigma2(self, t):
+        return self._pick("d_sigma2", t)
+
+    def prior_std(self) -> float:
+        return max(self.refine.prior_std(), self.full.prior_std())
+
+
+class _Initial(Schedule):
+    """``schedule`` held at its ``t = 0`` level for every ``t`` (a part that does not diffuse)."""
+
+    variance_exploding = True
+
+    def __init__(self, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def alpha(self, t):
+        return torch.ones_like(t)
+
+    def sigma(self, t):
+        return self.schedule.sigma(torch.zeros_like(t))
+
+    def log_snr(self, t):
+        return self.schedule.log_snr(torch.zeros_like(t))
+
+    def d_log_snr(self, t):
+        return torch.zeros_like(t)
+
+    def d_log_alpha(self, t):
+        return torch.zeros_like(t)
+
+    def d_sigma2(self, t):
+        return torch.zeros_like(t)
+
+    def prior_std(self) -> float:
+        return float(self.schedule.sigma(torch.zeros(())))

@@ -151,8 +151,8 @@ def likelihood(
     """
     if divergence not in (None, "exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or None, got {divergence!r}")
-    score_model, diffusion = model if isinstance(model, tuple) else load_model(model, mode=mode)
-    diffusion.check_mode(mode)
+    score_model, diffusion = model if isinstance(model, tuple) else load_model(model, mode=str(mode))
+    mode = diffusion.check_mode(mode)  # the Mode object from here on
     ids = [c.GetId() for c in mol.GetConformers()] if conf_ids is None else [int(c) for c in conf_ids]
     if not ids:
         raise ValueError("the molecule has no conformers to score")
@@ -176,7 +176,7 @@ def likelihood(
         size = sde.space.numel // len(ids)
         divergence = "exact" if size <= EXACT_DIVERGENCE_MAX_SIZE else "hutchinson"
 
-    if mode == "full":  # the state is the centred conformer itself (projecting onto V removes the CoM)
+    if mode.full:  # the state is the centred conformer itself (projecting onto V removes the CoM)
         y = sde.space.project(pos_ref.flatten())
         pos_ref = torch.zeros_like(pos_ref)
     else:  # x(0) = x_ref: every conformer at its own chart's origin

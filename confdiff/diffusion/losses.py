@@ -37,7 +37,14 @@ summed per sample (per graph) with ``space.sum``; ``t ~ U(t_min, 1)``.  Weightin
   the Min-SNR-gamma weighting of Hang et al. 2023 (eps-loss weight ``min(SNR, gamma) / SNR``;
   ``gamma = inf`` gives the simple loss).
 
-All weightings are per element so that products of spaces with different schedules work.
+* :class:`ScoreNormWeighting` ``lambda = 1 / E[s^2]``, the expected squared conditional score per
+  element at ``sigma``: on the torus the wrapped normal's (torsional diffusion's score
+  normalisation, Jing et al. 2022), which on the real line is ``sigma^2``, the simple loss.
+
+All weightings are per element so that products of spaces with different schedules work. On a
+:class:`~confdiff.diffusion.spaces.Product` the loss takes one parameterisation and one weighting
+per part, ``reduction="mean"`` averages each part over its own degrees of freedom (``space.dim``),
+and ``part_weights`` scale the parts' per-sample losses before they are summed.
 On the torus (``alpha = 1``, ``x_t = wrap(x_0 + sigma eps)``) the score target ``-eps / sigma`` is
 still unbiased (the wrapped score is the conditional mean of the unwrapped one) but noisy at large
 ``sigma``; :class:`WrappedScorePrediction` uses the exact wrapped-normal conditional score instead
@@ -47,10 +54,12 @@ marginal and should not be used on the torus.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .spaces import Product
 
 __all__ = [
     "Parameterization",
@@ -62,6 +71,7 @@ __all__ = [
     "SimpleWeighting",
     "LikelihoodWeighting",
     "MinSNRWeighting",
+    "ScoreNormWeighting",
     "PARAMETERIZATIONS",
     "WEIGHTINGS",
     "denoising_score_matching_loss",
@@ -293,10 +303,26 @@ class MinSNRWeighting:
         return f"MinSNRWeighting(gamma={self.gamma})"
 
 
+class ScoreNormWeighting:
+    """``lambda = 1 / E[s^2]`` of the wrapped normal at ``sigma`` (torsional diffusion's score
+    normalisation, Jing et al. 2022): on the torus the analogue of :class:`SimpleWeighting`
+    (``E[s^2] = 1 / sigma^2`` per element for a Gaussian, which the wrapped normal approaches as
+    ``sigma -> 0``)."""
+
+    def __call__(self, alpha, sigma, g2):
+        from .torus import wrapped_normal_score_norm
+
+        return 1.0 / wrapped_normal_score_norm(sigma)
+
+    def __repr__(self) -> str:
+        return "ScoreNormWeighting()"
+
+
 WEIGHTINGS: dict[str, Callable[[], Callable]] = {
     "simple": SimpleWeighting,
     "likelihood": LikelihoodWeighting,
     "min_snr": MinSNRWeighting,
+    "score_norm": ScoreNormWeighting,
 }
 
 
@@ -309,13 +335,37 @@ def _resolve(value, table: dict, what: str):
 
 
 # ----------------------------------------------------------------------------- the loss
+REDUCTIONS = ("sum", "mean")
+
+
+def _per_part(space, values, what: str) -> list:
+    """``values`` as one entry per part of ``space``: a sequence must match a ``Product``'s parts."""
+    num_parts = len(space.spaces) if isinstance(space, Product) else 1
+    if isinstance(values, (list, tuple)):
+        if not isinstance(space, Product) or len(values) != num_parts:
+            where = f"{num_parts} parts" if isinstance(space, Product) else "a space that is not a Product"
+            raise ValueError(f"got {len(values)} {what}s for {where}")
+        return list(values)
+    return [values] * num_parts
+
+
+def _reduce(space, x: Tensor, reduction: str) -> Tensor:
+    """Per-sample ``(B,)`` sum (``"sum"``) or mean over the degrees of freedom (``"mean"``, a sample
+    without any counting 0) of ``x``."""
+    if reduction == "sum":
+        return space.sum(x)
+    return space.sum(x) / space.dim(x).clamp(min=1.0)
+
+
 def denoising_score_matching_loss(
     model_fn: Callable[[Tensor, Tensor], Tensor],
     x0: Tensor,
     sde,
     *,
-    parameterization: Parameterization | str = "epsilon",
-    weighting: Callable | str = "simple",
+    parameterization: Parameterization | str | Sequence[Parameterization | str] = "epsilon",
+    weighting: Callable | str | Sequence[Callable | str] = "simple",
+    reduction: str = "sum",
+    part_weights: Sequence[float] | None = None,
     t: Tensor | None = None,
     noise: Tensor | None = None,
     generator=None,
@@ -328,17 +378,27 @@ def denoising_score_matching_loss(
     model_fn : ``model_fn(x_t, t) -> F`` with ``x_t`` like ``x0`` and ``t`` of shape ``(B,)``.
     x0 : data, one tensor laid out as ``sde.space`` expects.
     sde : gives ``space`` (noise, sums, broadcasting) and the marginal (``perturb``, coefficients).
-    parameterization : a :class:`Parameterization` (or its name in :data:`PARAMETERIZATIONS`).
-    weighting : ``weighting(alpha, sigma, g2) -> lambda`` in score units (or a name in :data:`WEIGHTINGS`).
+    parameterization : a :class:`Parameterization` (or its name in :data:`PARAMETERIZATIONS`); on a
+        ``Product`` space also one per part (e.g. ``["wrapped_score", "score"]`` for torsions and
+        coordinates).
+    weighting : ``weighting(alpha, sigma, g2) -> lambda`` in score units (or a name in
+        :data:`WEIGHTINGS`); on a ``Product`` space also one per part.
+    reduction : ``"sum"`` over each sample's elements (``sde.space.sum``), or ``"mean"``: over each
+        sample's degrees of freedom (``space.dim``; on a ``Product`` each part over its own, the
+        parts' means then summed, so that a part's share does not grow with its size).
+    part_weights : on a ``Product`` space, one factor per part for its reduced loss (default 1).
     t : per-sample times ``(B,)``; drawn ``U(t_min, 1)`` from ``generator`` when omitted.
     noise : the ``eps`` of ``x_t``; drawn with ``sde.space.noise(x0, generator)`` when omitted.
 
-    Returns the unreduced loss, one value per sample (per graph), summed over the sample's elements
-    with ``sde.space.sum``; average (or weight) it outside.
+    Returns the unreduced loss, one value per sample (per graph); average (or weight) it outside.
     """
-    param = _resolve(parameterization, PARAMETERIZATIONS, "parameterization")
-    weight_fn = _resolve(weighting, WEIGHTINGS, "weighting")
     space = sde.space
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose from {REDUCTIONS}")
+    params = [_resolve(p, PARAMETERIZATIONS, "parameterization")
+              for p in _per_part(space, parameterization, "parameterization")]
+    weight_fns = [_resolve(w, WEIGHTINGS, "weighting") for w in _per_part(space, weighting, "weighting")]
+    factors = _per_part(space, 1.0 if part_weights is None else list(part_weights), "part weight")
     if t is None:
         t = uniform_times(space.num_samples(x0), generator=generator, t_min=t_min,
                           dtype=x0.dtype, device=x0.device)
@@ -346,11 +406,28 @@ def denoising_score_matching_loss(
         noise = space.noise(x0, generator)
     x_t = sde.perturb(x0, t, noise)
     alpha, sigma, g2 = sde_coefficients(sde, x0, t)
-    target = param.target(x0, noise, alpha, sigma)
     output = model_fn(x_t, t)
-    # lambda J^2 is the weight of the output error in score units (see module docstring)
-    w = weight_fn(alpha, sigma, g2) * param.score_jacobian(alpha, sigma) ** 2
-    return space.sum(w * (output - target) ** 2)
+    spaces = space.spaces if isinstance(space, Product) else [space]
+    per_part = zip(spaces, *(_split(space, v) for v in (x0, noise, alpha, sigma, g2, output)))
+    losses = []
+    for (part, x0_k, noise_k, alpha_k, sigma_k, g2_k, output_k), param, weight_fn, factor in zip(
+            per_part, params, weight_fns, factors):
+        target = param.target(x0_k, noise_k, alpha_k, sigma_k)
+        # lambda J^2 is the weight of the output error in score units (see module docstring)
+        w = weight_fn(alpha_k, sigma_k, g2_k) * param.score_jacobian(alpha_k, sigma_k) ** 2
+        loss = _reduce(part, w * (output_k - target) ** 2, reduction)
+        losses.append(loss if factor == 1.0 else factor * loss)
+    return sum(losses[1:], losses[0])
+
+
+def _split(space, x: Tensor) -> list[Tensor]:
+    """The parts of ``x`` on a ``Product`` space, else ``[x]``; a per-sample or scalar coefficient
+    that does not span the state (a broadcastable ``(B, 1, ...)``) is left whole for every part."""
+    if not isinstance(space, Product):
+        return [x]
+    if x.shape != (space.numel,):
+        return [x] * len(space.spaces)
+    return space.split(x)
 
 
 def score_fn_from_model(

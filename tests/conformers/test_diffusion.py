@@ -274,3 +274,56 @@ def test_a_batch_without_torsions_has_only_the_coordinate_loss():
     assert torch.equal(tor_only.loss(zero, batch, torch.Generator().manual_seed(0)), torch.zeros(2, dtype=torch.float64))
     loss = ConformerDiffusion().loss(zero, batch, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss).all() and (loss > 0).all()
+
+
+# --- the loss is the core's denoising score matching loss --------------------------------------------
+
+def _reference_loss(diffusion: ConformerDiffusion, model, batch, generator) -> torch.Tensor:
+    """``ConformerDiffusion.loss`` as it was written by hand before it became a call of the core's
+    ``denoising_score_matching_loss`` (frozen here: the numbers must not change)."""
+    import copy
+
+    from confdiff.diffusion.torus import sample_wrapped_normal, wrapped_normal_score, wrapped_normal_score_norm
+
+    tor_space, pos_space = diffusion.sde(batch).space.spaces
+    device, dtype = batch.pos.device, batch.pos.dtype
+    t = torch.rand(batch.num_graphs, generator=generator, device=device, dtype=dtype)
+    zero = torch.zeros_like(t)
+    graph_sigma_tor, sigma_pos = diffusion.tor_schedule.sigma(t), diffusion.pos_schedule.sigma(t)
+    if diffusion.config.full_fraction > 0:
+        full = torch.rand(batch.num_graphs, generator=generator, device=device) < diffusion.config.full_fraction
+        graph_sigma_tor = torch.where(full, diffusion.tor_schedule.sigma(zero), graph_sigma_tor)
+        sigma_pos = torch.where(full, diffusion.full_schedule.sigma(t), sigma_pos)
+    sigma_tor = tor_space.broadcast(graph_sigma_tor, batch.torsion_index[0].to(dtype))
+    d = sample_wrapped_normal(sigma_tor.shape, sigma_tor, generator=generator)
+    e = pos_space.noise(batch.pos, generator) * pos_space.broadcast(sigma_pos, batch.pos)
+    noisy = copy.copy(batch)
+    noisy.pos = apply_torsion_changes(batch.pos, batch, d) + e
+    noisy.sigma_tor, noisy.sigma_pos = graph_sigma_tor, sigma_pos
+    tor_pred, pos_pred = model(noisy)
+    tor_err = (tor_pred - wrapped_normal_score(d, sigma_tor)) ** 2 / wrapped_normal_score_norm(sigma_tor)
+    n_tor = torch.bincount(tor_space.batch, minlength=batch.num_graphs).to(tor_err.dtype)
+    tor_loss = torch.zeros(batch.num_graphs, dtype=tor_err.dtype).index_add_(0, tor_space.batch, tor_err)
+    tor_loss = tor_loss / n_tor.clamp(min=1.0)
+    pos_target = -e / pos_space.broadcast(sigma_pos**2, e)
+    pos_err = ((pos_pred - pos_target) * pos_space.broadcast(sigma_pos, e)) ** 2
+    pos_loss = pos_space.sum(pos_err) / pos_space.dim(e).clamp(min=1.0)
+    return tor_loss + diffusion.config.pos_loss_weight * pos_loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", [ConformerDiffusionConfig(),
+                                    ConformerDiffusionConfig(full_fraction=0.5, pos_loss_weight=0.7),
+                                    ConformerDiffusionConfig(full_fraction=1.0, sigma_pos_max=0.3)])
+def test_loss_keeps_the_numbers_of_the_hand_written_loss(dtype, config):
+    batch = conformer_batch(SMILES, dtype)
+    torch.manual_seed(0)
+    model = ScoreModel(ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=8, num_vectors=2,
+                                        num_layers=2)).to(dtype)
+    diffusion = ConformerDiffusion(config)
+    tol = 1e-6 if dtype == torch.float64 else 1e-5
+    for seed in range(3):
+        with torch.no_grad():
+            loss = diffusion.loss(model, batch, torch.Generator().manual_seed(seed))
+            expected = _reference_loss(diffusion, model, batch, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(loss, expected, atol=tol, rtol=tol)

@@ -12,7 +12,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from torch_geometric.data import Batch
 
-from confdiff.cli.benchmark import _split_guidance
+from confdiff.conformers.evaluation import split_guidance
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers.generator import ConformerGenerator
@@ -333,12 +333,12 @@ def test_generator_mmff_falls_back_for_missing_parameters_and_validates():
 
 
 def test_benchmark_method_names_carry_guidance():
-    assert _split_guidance("confdiff") == ("confdiff", None, None)
-    assert _split_guidance("confdiff:none") == ("confdiff", "none", None)
-    assert _split_guidance("confdiff-full:repulsion:10") == ("confdiff-full", "repulsion", 10.0)
-    assert _split_guidance("etkdg") == ("etkdg", None, None)
+    assert split_guidance("confdiff") == ("confdiff", None, None)
+    assert split_guidance("confdiff:none") == ("confdiff", "none", None)
+    assert split_guidance("confdiff-full:repulsion:10") == ("confdiff-full", "repulsion", 10.0)
+    assert split_guidance("etkdg") == ("etkdg", None, None)
     with pytest.raises(ValueError, match="unknown guidance"):
-        _split_guidance("confdiff:uff")
+        split_guidance("confdiff:uff")
 
 
 def test_generate_command_accepts_guidance(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from confdiff.diffusion import (
     MinSNRWeighting,
     Product,
     ProductSDE,
+    ScoreNormWeighting,
     ScorePrediction,
     SimpleWeighting,
     Torus,
@@ -27,6 +28,7 @@ from confdiff.diffusion import (
     denoising_score_matching_loss,
     score_fn_from_model,
     wrapped_normal_log_prob,
+    wrapped_normal_score_norm,
 )
 from confdiff.diffusion.losses import sde_coefficients
 from tests.diffusion.mixtures import GaussianMixture
@@ -220,6 +222,61 @@ def test_loss_on_a_product_space_uses_each_parts_schedule():
                                          weighting="simple", t=t, noise=noise)
     # zero output, score target -eps/sigma, simple weighting sigma^2: the loss is ||eps||^2 per sample
     torch.testing.assert_close(loss, space.sum(noise**2))
+
+
+def test_loss_on_a_product_space_per_part_mean_and_weights():
+    """Torsions and coordinates (the conformer loss): wrapped-score target and score-norm weighting on
+    the torus, score target and simple weighting on the zero-CoM part, each part averaged over its own
+    degrees of freedom (a sample without torsions: 0), the coordinate part scaled by 0.5."""
+    tor_batch = torch.tensor([0, 2, 2])  # sample 1 has no torsion
+    atom_batch = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    space = Product([Torus(tor_batch, 3), ZeroCoM(atom_batch, 3)], [(3,), (7, 3)])
+    sde = ProductSDE([SDE(VEGeometric(0.01, math.pi), space.spaces[0]),
+                      SDE(VEGeometric(0.005, 2.0), space.spaces[1])], space)
+    g = torch.Generator().manual_seed(3)
+    x0 = space.project(torch.randn(space.numel, generator=g, dtype=F64))
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
+    noise = space.noise(x0, g)
+    out = torch.randn(space.numel, generator=g, dtype=F64)
+    loss = denoising_score_matching_loss(lambda x, tt: out, x0, sde, t=t, noise=noise,
+                                         parameterization=["wrapped_score", "score"],
+                                         weighting=[ScoreNormWeighting(), "simple"], reduction="mean",
+                                         part_weights=[1.0, 0.5])
+    (tor_out, pos_out), (tor_noise, pos_noise) = space.split(out), space.split(noise)
+    s_tor = sde.sdes[0].schedule.sigma(t)[tor_batch]
+    s_pos = sde.sdes[1].schedule.sigma(t)[atom_batch, None]
+    y = sde.sdes[0].perturb(space.split(x0)[0], t, tor_noise).requires_grad_(True)
+    (tor_target,) = torch.autograd.grad(wrapped_normal_log_prob(y - space.split(x0)[0], s_tor).sum(), y)
+    tor_err = (tor_out - tor_target) ** 2 / wrapped_normal_score_norm(s_tor)
+    tor = torch.zeros(3, dtype=F64).index_add_(0, tor_batch, tor_err) / torch.tensor([1.0, 1.0, 2.0], dtype=F64)
+    pos_err = (s_pos * (pos_out + pos_noise / s_pos)) ** 2
+    pos_dof = torch.tensor([3.0, 6.0, 3.0], dtype=F64)  # 3 n - 3
+    pos = torch.zeros(3, dtype=F64).index_add_(0, atom_batch, pos_err.sum(-1)) / pos_dof
+    torch.testing.assert_close(loss, tor + 0.5 * pos)
+    # one parameterisation / weighting for every part and the sum reduction: the single-space loss of each part
+    whole = denoising_score_matching_loss(lambda x, tt: out, x0, sde, t=t, noise=noise, parameterization="score")
+    parts = [denoising_score_matching_loss(lambda x, tt, k=k: space.split(out)[k], space.split(x0)[k], sde.sdes[k],
+                                           t=t, noise=space.split(noise)[k], parameterization="score")
+             for k in range(2)]
+    torch.testing.assert_close(whole, parts[0] + parts[1])
+
+
+def test_score_norm_weighting_is_the_simple_weighting_at_small_sigma():
+    sigma = torch.tensor([0.01, 0.05, 0.2], dtype=F64)
+    torch.testing.assert_close(ScoreNormWeighting()(torch.ones_like(sigma), sigma, None), sigma**2, rtol=1e-3, atol=0)
+
+
+def test_per_part_options_must_match_the_parts():
+    space = Product([Torus(torch.tensor([0]), 1), Euclidean()], [(1,), (1, 2)])
+    sde = ProductSDE([SDE(VEGeometric(0.01, 1.0), space.spaces[0]), SDE(VPLinear(), space.spaces[1])], space)
+    x0 = torch.zeros(space.numel)
+    with pytest.raises(ValueError, match="3 weightings for 2 parts"):
+        denoising_score_matching_loss(lambda x, t: x, x0, sde, weighting=["simple"] * 3)
+    with pytest.raises(ValueError, match="not a Product"):
+        denoising_score_matching_loss(lambda x, t: x, torch.zeros(2, 2), SDE(VPLinear(), Euclidean()),
+                                      parameterization=["score"])
+    with pytest.raises(ValueError, match="reduction"):
+        denoising_score_matching_loss(lambda x, t: x, x0, sde, reduction="max")
 
 
 def test_loss_trains_a_model():
