@@ -270,8 +270,8 @@ def test_fine_tuning_starts_from_the_initial_weights_and_can_switch_on_the_full_
     assert tuned["model"]["pos_centre.weight"].abs().max() < 1e-6
     model, diffusion = load_model(out / CHECKPOINT_NAME)
     assert model.config.centre_vector and diffusion.config.full_fraction == 0.5
-    result = next(ConformerGenerator((model, diffusion), device="cpu", mode="full", steps=3).generate_many(
-        [FLEXIBLE[0]], n=3, seed=0))
+    generator = ConformerGenerator((model, diffusion), device="cpu", mode="full", steps=3, validity_gate=False)
+    result = next(generator.generate_many([FLEXIBLE[0]], n=3, seed=0))  # an untrained model's raw draws
     assert result.ok or "stereochemistry" in result.error
 
 
