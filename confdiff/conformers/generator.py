@@ -308,7 +308,7 @@ class ConformerGenerator:
             self.model.to(self.device).eval()
         else:
             self.model, self.diffusion = load_model(model, device=self.device, mode=mode)
-        self.diffusion.check_mode(mode)
+        self.mode = self.diffusion.check_mode(mode)  # the Mode object, resolved once
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
@@ -319,10 +319,10 @@ class ConformerGenerator:
         self.num_workers = num_workers
         self.num_threads = num_threads
         self.validity_gate = validity_gate
-        self.mode = mode
         self.guidance = guidance
         # lambda(t), zero at high noise (raises ValueError for a negative scale)
-        self.guidance_schedule = guidance_schedule(mode, default_scale if guidance_scale is None else guidance_scale)
+        scale = default_scale if guidance_scale is None else guidance_scale
+        self.guidance_schedule = guidance_schedule(self.mode.name, scale)
 
     # --- public API -------------------------------------------------------------------------------
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
@@ -387,7 +387,7 @@ class ConformerGenerator:
             except ValidityError as err:
                 raise GenerationError(name, f"the validity checks cannot be prepared: {err}") from None
         potential = self._potential(mol, notes)
-        if self.mode == "full":
+        if self.mode.full:
             zero = np.zeros((1, mol.GetNumAtoms(), 3))
             return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
                         _bond_lengths(zero, graph), check, validity, notes, potential)
@@ -422,7 +422,7 @@ class ConformerGenerator:
         """Sample the jobs of ``pack`` together, in rounds until each has ``n`` usable draws or its
         ``GATE_MAX_DRAWS * n`` draws are spent, and yield every result of the pack in order."""
         jobs = [item for item in pack if isinstance(item, _Job)]
-        first = FULL_MODE_DRAWS * n if self.mode == "full" else n
+        first = FULL_MODE_DRAWS * n if self.mode.full else n
         draws = {id(job): first for job in jobs}
         usable: dict[int, dict[int, np.ndarray]] = {id(job): {} for job in jobs}  # {draw index: (N, 3)}
         failed: dict[int, dict[str, int]] = {id(job): {} for job in jobs}  # {check: draws failing it}
@@ -490,7 +490,7 @@ class ConformerGenerator:
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
             pos = self.diffusion.positions(sde, batch, pos_ref, y)
             # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
-            rigid = pos - sde.space.split(y)[-1] if self.mode == "refine" else pos
+            rigid = pos - sde.space.split(y)[-1] if self.mode.torsions and self.mode.coordinates else pos
             sizes = batch.ptr.diff().tolist()
             for (job, _, k), full_k, rigid_k in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
                 out[id(job)][2][k] = full_k.numpy()
@@ -520,7 +520,7 @@ class ConformerGenerator:
         ``MAX_BOND_STRETCH`` takes its torsion-only part ``rigid``; full: a mirror image is
         reflected, any other wrong configuration is not used), then the validity gate. Counts
         each check's failures in ``failed``."""
-        if self.mode == "full":
+        if self.mode.full:
             good = job.check.matches_input(pos)
             mirrored = ~good & job.check.matches_input(-pos)
             pos = np.where(mirrored[:, None, None], -pos, pos)
