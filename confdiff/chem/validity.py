@@ -15,9 +15,10 @@ the force field and the energy reference) prepared once by :meth:`ValidityChecke
 - ``non_aromatic_ring_non_flatness``: every non-aromatic 6-ring (PoseBusters' five SMARTS) with an
   atom at least 0.05 A off its best plane;
 - ``double_bond_flatness``: every ``C(*)(*)=C(*)(*)`` (sp2, three connections) within 0.25 A of a plane;
-- ``heavy_atom_contact``: no two heavy atoms three or more bonds apart closer than 2.2 A (a contact
-  that no relaxed drug-like conformer has, and that 70 % of a small vdW lower bound can still
-  allow); not a check of the ``mol`` configuration;
+- ``heavy_atom_contact``: no two heavy atoms three or more bonds apart closer than 2.2 A, or than
+  their distance-geometry lower bound where that is smaller (the two oxygens of a P-O-P bridge may
+  come to 2.17 A); a contact that 70 % of a lower bound can still allow. Not a check of the ``mol``
+  configuration;
 - ``stereochemistry``: every tetrahedral centre and double bond that the input specifies has the
   input's configuration (signed volumes, :class:`confdiff.chem.stereo.StereoCheck`); not a check of
   the ``mol`` configuration, but the one that a conformer generator must not break;
@@ -49,7 +50,7 @@ BOUNDS_PARAMS = {"set15bounds": True, "scaleVDW": True, "doTriangleSmoothing": T
 BOND_TOLERANCE = 0.25  # relative widening of the bond-length bounds
 ANGLE_TOLERANCE = 0.25  # relative widening of the 1-3 distance bounds
 CLASH_TOLERANCE = 0.3  # relative shortening of the lower bound of the other pairs
-CONTACT_DISTANCE = 2.2  # A, the closest heavy atoms 3 or more bonds apart may come
+CONTACT_DISTANCE = 2.2  # A, the closest heavy atoms 3 or more bonds apart may come (or their lower bound)
 FLAT_TOLERANCE = 0.25  # A, aromatic rings and double bonds
 NON_FLAT_TOLERANCE = 0.05  # A, non-aromatic 6-rings
 ENERGY_RATIO = 100.0
@@ -172,7 +173,8 @@ class ValidityChecker:
                                               ("internal_steric_clash", self._clashes, np.inf, CLASH_TOLERANCE)):
             error = _bound_error(pairs.distances(pos), pairs.lower, upper)  # (B, P)
             result[name] = ~(np.abs(error) > tolerance).any(axis=1)
-        result["heavy_atom_contact"] = (self._clashes.distances(pos) >= CONTACT_DISTANCE).all(axis=1)
+        contact = np.minimum(CONTACT_DISTANCE, self._clashes.lower)  # (P,)
+        result["heavy_atom_contact"] = (self._clashes.distances(pos) >= contact).all(axis=1)
         for name, groups in self._flat.items():
             if name == "non_aromatic_ring_non_flatness":
                 ok = [(_plane_distance(pos, g) >= NON_FLAT_TOLERANCE).all(axis=1) for g in groups]

@@ -90,6 +90,19 @@ def test_heavy_atom_contact_at_2_2_angstrom():
     checker = ValidityChecker.from_mol(mol)
     cases = [_chain(mol, np.array([[0.0, 0, 0], [0, 1.53, 0], [d14, 1.53, 0], [d14, 0, 0]])) for d14 in (2.201, 2.199)]
     assert checker.check(np.stack(cases))["heavy_atom_contact"].tolist() == [True, False]
+    # a P-O-P bridge: terminal oxygens of the two phosphorus atoms may come to their lower bound (< 2.2 A)
+    mol = _mol("OP(=O)(O)OP(=O)(O)O")
+    lb, _ = _heavy_bounds(mol, 0, 7)
+    assert lb < 2.2
+    bounds = rdDistGeom.GetMoleculeBoundsMatrix(mol)
+    bounds[0, 7] = lb + 0.01  # upper bound (upper triangle): embed O0 and O7 within 0.01 A of lb
+    params = AllChem.ETKDGv3()
+    params.randomSeed = 1
+    params.SetBoundsMat(bounds)
+    assert AllChem.EmbedMolecule(mol, params) == 0
+    pos = mol.GetConformer().GetPositions()
+    assert np.linalg.norm(pos[0] - pos[7]) < 2.2
+    assert ValidityChecker.from_mol(mol).check(pos[None])["heavy_atom_contact"][0]
 
 
 def _puckered_hexagon(h: float) -> np.ndarray:
