@@ -51,7 +51,8 @@ from ..chem.relax import RelaxationError
 from ..chem.stereo import StereoCheck
 from ..chem.validity import ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
-from .physics import DEFAULT_GUIDANCE, GUIDANCE_CHOICES, BatchPotential, guidance_schedule, make_potential, physics_guidance
+from .physics import (DEFAULT_GUIDANCE, GUIDANCE_CHOICES, BatchPotential, Potential, guidance_schedule, make_potential,
+                      physics_guidance)
 from ..diffusion.samplers import SAMPLERS, time_grid
 from ..nn.score_model import ScoreModel, ScoreModelConfig
 
@@ -218,7 +219,7 @@ class _Job:
     check: StereoCheck
     validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
-    potential: object = None  # the guidance potential (confdiff.conformers.physics), None without guidance
+    potential: Potential | None = None  # the guidance potential, None without guidance
 
     @property
     def num_atoms(self) -> int:
