@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 from tests.train_toy import loss_fn, make_problem
+from tests.processes import sigkill_when
 
 from confdiff.train import (
     CHECKPOINT_NAME,
@@ -156,17 +156,8 @@ def test_sigkill_and_resume_continues_exactly(tmp_path):
     script.write_text(SCRIPT)
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     proc = subprocess.Popen(_python(script, killed, 100_000, 0, 0.02))
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if (killed / LOG_NAME).exists() and any(r.get("step", 0) >= 8 for r in _records(killed)):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the training subprocess made no progress")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    sigkill_when(proc, lambda: (killed / LOG_NAME).exists() and any(r.get("step", 0) >= 8 for r in _records(killed)),
+                 60, "the training subprocess made no progress")
     saved = load_checkpoint(killed / CHECKPOINT_NAME)["step"]
     assert saved >= 6 and saved % 3 == 0
     target = saved + 7  # 5 batches per epoch: crosses an epoch boundary, usually resumes mid-epoch

@@ -7,10 +7,8 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from confdiff.conformers.training import (
     train_conformer_model,
     training_loss,
 )
+from tests.processes import sigkill_when
 
 # two layers at least: one tensor-field layer makes no 1e features, hence no 0o torsion score
 TINY = ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=8, num_vectors=2, num_layers=2,
@@ -293,17 +292,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def test_a_killed_run_resumes_at_its_checkpoint_and_ends_as_an_uninterrupted_one(data_dir, tmp_path):
     killed, fresh = tmp_path / "killed", tmp_path / "fresh"
     proc = subprocess.Popen(command(*train_args(data_dir, killed, 100_000)), env=ENV)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if (killed / CHECKPOINT_NAME).exists() and load_checkpoint(killed / CHECKPOINT_NAME)["step"] >= 6:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the training subprocess saved no checkpoint at step 6")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    checkpoint = killed / CHECKPOINT_NAME
+    sigkill_when(proc, lambda: checkpoint.exists() and load_checkpoint(checkpoint)["step"] >= 6,
+                 120, "the training subprocess saved no checkpoint at step 6")
     saved = load_checkpoint(killed / CHECKPOINT_NAME)["step"]
     assert saved >= 6 and saved % 3 == 0
     target = saved + 5  # 3 batches per epoch: the resumed run crosses an epoch boundary
