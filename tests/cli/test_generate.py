@@ -1,5 +1,6 @@
 """``confdiff generate``: formats, stereo and atom order in the SDF, errors, resume after SIGKILL, shards."""
 
+import argparse
 import gzip
 import io
 import os
@@ -15,6 +16,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from tests.conformers.test_generator import STEREO_SMILES, graph_of, save_tiny_model, stereo_from_3d
 
+from confdiff.cli import generate as generate_command
 from confdiff.cli import main
 from confdiff.cli.generate import completed_records
 
@@ -303,3 +305,25 @@ def test_a_bug_in_the_score_model_is_a_traceback_and_a_failed_run_not_per_molecu
     assert proc.stderr.count("deliberate bug") <= 2  # once in the traceback, not once per molecule
     errors = tmp_path / "errors.tsv"
     assert not errors.exists() or len(errors.read_text().splitlines()) <= 1  # no molecule blamed
+
+
+def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch):
+    parser = argparse.ArgumentParser()
+    generate_command.add_arguments(parser)
+    args = parser.parse_args(["--smiles", "CCO", "--guidance", "repulsion", "--guidance-scale", "2",
+                              "--no-validity-gate", "--threads", "3"])
+    assert (args.guidance, args.guidance_scale) == ("repulsion", 2.0)
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs)
+
+        def generate_many(self, mols, n, seed=None):
+            return iter(())
+
+    monkeypatch.setattr("confdiff.conformers.generator.ConformerGenerator", Recorder)
+    args.output = str(tmp_path / "out.sdf")
+    assert generate_command.run(args) == 0
+    assert (seen["guidance"], seen["guidance_scale"]) == ("repulsion", 2.0)
+    assert seen["validity_gate"] is False and seen["num_threads"] == 3

@@ -343,26 +343,3 @@ def test_benchmark_method_names_carry_guidance():
     with pytest.raises(ValueError, match="unknown guidance"):
         split_guidance("confdiff:uff")
 
-
-def test_generate_command_accepts_guidance(tmp_path, monkeypatch):
-    import argparse
-
-    from confdiff.cli import generate as generate_command
-
-    parser = argparse.ArgumentParser()
-    generate_command.add_arguments(parser)
-    args = parser.parse_args(["--smiles", "CCO", "--guidance", "repulsion", "--guidance-scale", "2"])
-    assert (args.guidance, args.guidance_scale) == ("repulsion", 2.0)
-    seen = {}
-
-    class Recorder:
-        def __init__(self, model, **kwargs):
-            seen.update(kwargs)
-
-        def generate_many(self, mols, n, seed=None):
-            return iter(())
-
-    monkeypatch.setattr("confdiff.conformers.generator.ConformerGenerator", Recorder)
-    args.output = str(tmp_path / "out.sdf")
-    assert generate_command.run(args) == 0
-    assert (seen["guidance"], seen["guidance_scale"]) == ("repulsion", 2.0)
