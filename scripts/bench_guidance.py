@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--window", default=None, help="t_start,t_full of the guidance schedule (tuning)")
     parser.add_argument("--cap", type=float, default=None, help="max_score of physics_guidance (tuning)")
+    parser.add_argument("--no-gate", action="store_true", help="the sampler's raw draws, without the validity gate")
     args = parser.parse_args()
     if args.window:
         physics.GUIDANCE_WINDOWS[args.mode] = tuple(float(v) for v in args.window.split(","))
@@ -87,7 +88,7 @@ def main() -> None:
     for config in args.config:
         name, _, scale = config.partition(":")
         gen = ConformerGenerator(None, device="cpu", mode=args.mode, guidance=name,
-                                 guidance_scale=float(scale) if scale else None)
+                                 guidance_scale=float(scale) if scale else None, validity_gate=not args.no_gate)
         gen.generate("CCO", 2, seed=0)  # warm up (model load, first calls)
         out, cpu, n_confs = [], 0.0, 0
         for m in mols:

@@ -43,7 +43,7 @@ from rdkit.Chem.inchi import MolFromInchi, MolToInchi
 
 from .stereo import StereoCheck
 
-__all__ = ["CHECKS", "POSEBUSTERS_NAMES", "ValidityChecker", "ValidityError"]
+__all__ = ["CHECKS", "POSEBUSTERS_NAMES", "ValidityChecker", "ValidityError", "flat_groups"]
 
 #: PoseBusters' ``mol`` thresholds (config/mol.yml of posebusters 0.6.5)
 BOUNDS_PARAMS = {"set15bounds": True, "scaleVDW": True, "doTriangleSmoothing": True, "useMacrocycle14config": False}
@@ -254,6 +254,13 @@ def _matches(mol: Chem.Mol, smarts: tuple[str, ...]) -> list[np.ndarray]:
         for match in mol.GetSubstructMatches(Chem.MolFromSmarts(pattern)):
             by_size.setdefault(len(match), []).append(match)
     return [np.array(m, dtype=np.int64) for m in by_size.values()]
+
+
+def flat_groups(mol: Chem.Mol) -> list[np.ndarray]:
+    """The atom groups that ``aromatic_ring_flatness`` and ``double_bond_flatness`` require flat (sp2
+    aromatic 5- and 6-rings, ``C(*)(*)=C(*)(*)`` with its substituents): (G, k) arrays, one per size k.
+    ``mol`` must be sanitised (the patterns read hybridisation and aromaticity)."""
+    return _matches(mol, _AROMATIC_RINGS + _DOUBLE_BONDS)
 
 
 def _bound_error(d: np.ndarray, lower: np.ndarray, upper: np.ndarray | float) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdDistGeom
 
-from confdiff.chem.validity import CHECKS, POSEBUSTERS_NAMES, ValidityChecker, ValidityError
+from confdiff.chem.validity import CHECKS, POSEBUSTERS_NAMES, ValidityChecker, ValidityError, flat_groups
 
 
 def _mol(smiles: str) -> Chem.Mol:
@@ -146,6 +146,14 @@ def test_twisted_double_bond_is_not_flat():
     twisted = pos.copy()
     twisted[0, side] = _rotate(pos[0, side], pos[0, 1], pos[0, 3] - pos[0, 1], np.pi / 2)
     assert checker.check(np.concatenate([pos, twisted]))["double_bond_flatness"].tolist() == [True, False]
+
+
+def test_flat_groups_are_the_aromatic_rings_and_double_bonds_with_substituents():
+    mol = _mol("C/C=C/c1ccccc1-c1ccc[nH]1")  # C=C, benzene, pyrrole; the C=C's neighbours are included
+    groups = {len(g[0]): sorted(sorted(map(int, row)) for row in g) for g in flat_groups(mol)}
+    double_bond = sorted([0, 1, 2, 3, *(n.GetIdx() for a in (1, 2) for n in mol.GetAtomWithIdx(a).GetNeighbors()
+                                        if n.GetAtomicNum() == 1)])
+    assert groups == {6: sorted([list(range(3, 9)), double_bond]), 5: [list(range(9, 14))]}
 
 
 def test_stereochemistry_of_specified_elements_only():

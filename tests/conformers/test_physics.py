@@ -13,6 +13,7 @@ from rdkit.Chem import AllChem
 from torch_geometric.data import Batch
 
 from confdiff.conformers.evaluation import split_guidance
+from confdiff.chem.stereo import StereoCheck
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers.generator import ConformerGenerator
@@ -91,6 +92,93 @@ def test_repulsion_gradient_matches_autograd_and_is_invariant(mols):
         moved_energy, moved_grad = potential.energy_and_grad(pos @ rot.T + torch.tensor([1.0, -2.0, 3.0]))
         torch.testing.assert_close(moved_energy, energy)
         torch.testing.assert_close(moved_grad, grad @ rot.T)
+
+
+STEREO_SMILES = "C/C=C/[C@H](N)c1ccc[nH]1"  # a specified double bond and centre, an aromatic 5-ring
+
+
+def only(mol: Chem.Mol, **k) -> RepulsionPotential:
+    """The repulsion potential of ``mol`` with every force constant 0 except those given."""
+    zero = dict(k_bond=0.0, k_angle=0.0, k_repulsion=0.0, k_plane=0.0, k_stereo=0.0)
+    return RepulsionPotential.from_mol(mol, **{**zero, **k})
+
+
+def swap(pos: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """``pos (B, N, 3)`` with atoms ``a`` and ``b`` exchanged: around a centre or at a double bond's end
+    bonded to both, their configuration inverted."""
+    out = pos.clone()
+    out[:, [a, b]] = pos[:, [b, a]]
+    return out
+
+
+def test_plane_and_stereo_terms_equal_finite_differences_and_are_invariant():
+    mol = embedded(STEREO_SMILES, num_confs=2)
+    potential = RepulsionPotential.from_mol(mol)
+    assert sorted(g.shape for g in potential.planes) == [(1, 5), (1, 6)]  # the ring; C(*)(*)=C(*)(*)
+    assert potential.num_centres == 1 and len(potential.stereo) == 2
+    gen = torch.Generator().manual_seed(2)
+    hydrogen = next(n.GetIdx() for n in mol.GetAtomWithIdx(1).GetNeighbors() if n.GetAtomicNum() == 1)
+    pos = swap(positions_of(mol), 0, hydrogen)  # the double bond cis
+    centre, neighbours = potential.stereo[0, 0], potential.stereo[0, 1:]
+    pos[:, centre] = pos[:, neighbours].mean(1)  # the centre flat: both of its signs cost energy
+    pos = pos + 0.1 * torch.randn(pos.shape, dtype=torch.float64, generator=gen)  # the rings puckered
+    energy, grad = potential.energy_and_grad(pos)
+    for k in ("k_plane", "k_stereo"):  # each term is active: a real test
+        assert bool((only(mol, **{k: 10.0}).energy_and_grad(pos)[0] > 0.1).all())
+    h = 1e-6
+    fd = torch.empty_like(pos)
+    for atom in range(pos.shape[1]):
+        for axis in range(3):
+            step = torch.zeros_like(pos)
+            step[:, atom, axis] = h
+            fd[:, atom, axis] = (potential.energy_and_grad(pos + step)[0]
+                                 - potential.energy_and_grad(pos - step)[0]) / (2 * h)
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-5)
+    rot = random_rotation(gen)
+    moved_energy, moved_grad = potential.energy_and_grad(pos @ rot.T + torch.tensor([1.0, -2.0, 3.0]))
+    torch.testing.assert_close(moved_energy, energy)
+    torch.testing.assert_close(moved_grad, grad @ rot.T)
+    mirrored_energy, mirrored_grad = potential.energy_and_grad(-pos)  # a reflection: E invariant
+    torch.testing.assert_close(mirrored_energy, energy)
+    torch.testing.assert_close(mirrored_grad, -grad)
+    energy32, grad32 = potential.energy_and_grad(pos.float())
+    torch.testing.assert_close(energy32, energy.float(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(grad32, grad.float(), rtol=1e-4, atol=1e-3)
+
+
+def test_plane_term_is_zero_for_a_flat_ring_and_the_least_squares_residual_of_a_puckered_one():
+    mol = embedded("c1ccccc1")
+    potential = only(mol, k_plane=50.0)
+    pos = positions_of(mol)
+    centred = pos[0] - pos[0].mean(0)
+    normal = torch.linalg.svd(centred)[2][-1]
+    flat = pos - (centred @ normal)[None, :, None] * normal  # every atom moved onto the best plane
+    assert potential.energy_and_grad(flat)[0].item() == pytest.approx(0.0, abs=1e-12)
+    puckered = flat.clone()
+    puckered[0, [0, 2, 4]] += 0.2 * normal  # a chair: alternate ring atoms up and down
+    puckered[0, [1, 3, 5]] -= 0.2 * normal
+    ring = puckered[0, :6] - puckered[0, :6].mean(0)
+    expected = 50.0 * torch.linalg.svdvals(ring)[-1] ** 2  # the sum of squared distances from the best plane
+    energy = potential.energy_and_grad(puckered)[0].item()
+    assert energy == pytest.approx(expected.item(), rel=1e-9) and energy == pytest.approx(50.0 * 6 * 0.2**2, rel=1e-3)
+
+
+def test_stereo_term_penalises_an_inverted_centre_or_double_bond_but_not_the_mirror_image():
+    mol = embedded("C[C@H](N)[C@@H](O)C/C=C/C", num_confs=3)
+    potential = only(mol, k_stereo=10.0)
+    check = StereoCheck.from_mol(mol)
+    pos = positions_of(mol)
+    assert check.matches_input(pos).all() and not check.matches_input(-pos).any()
+    torch.testing.assert_close(potential.energy_and_grad(pos)[0], torch.zeros(3, dtype=torch.float64))
+    torch.testing.assert_close(potential.energy_and_grad(-pos)[0], torch.zeros(3, dtype=torch.float64))
+    centre = 1  # C[C@H](N): exchanging its N and H inverts it alone
+    hydrogen = next(n.GetIdx() for n in mol.GetAtomWithIdx(centre).GetNeighbors() if n.GetAtomicNum() == 1)
+    end = 7  # C=C/C: exchanging the methyl carbon and the hydrogen makes the double bond cis
+    end_hydrogen = next(n.GetIdx() for n in mol.GetAtomWithIdx(end).GetNeighbors() if n.GetAtomicNum() == 1)
+    for wrong in (swap(pos, 2, hydrogen), swap(pos, 8, end_hydrogen)):
+        for conformer in (wrong, -wrong):  # inconsistent with the input and with its mirror image
+            assert not check.matches_input(conformer.numpy()).any()
+            assert bool((potential.energy_and_grad(conformer)[0] > 1.0).all())
 
 
 def test_repulsion_is_small_for_etkdg_and_large_for_a_clash():
