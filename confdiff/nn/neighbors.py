@@ -3,7 +3,10 @@
 Both functions pad the coordinates of every graph to the largest one, ``(3, G, n_max)``, and compare
 each atom (or bond centre) with its own graph only: cost ``N * n_max`` rather than ``N_total^2``.
 Selection runs without gradients; callers recompute edge vectors from positions so that scores stay
-differentiable in ``pos``.
+differentiable in ``pos``. Both also return, per atom (bond centre), the nearest candidate that the
+cap left out, so that callers can fade a kept neighbour out as that one comes as close
+(:func:`cap_weights`): a hard cap alone makes scores jump wherever two candidates are equally far,
+which minimised conformers, with their locally symmetric groups (methyl hydrogens), often are.
 """
 
 from __future__ import annotations
@@ -13,19 +16,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["AtomNeighbors", "atom_neighbors", "bond_neighbors"]
+__all__ = ["AtomNeighbors", "atom_neighbors", "bond_neighbors", "cap_weights"]
 
 
 class AtomNeighbors(NamedTuple):
     """``K`` neighbour slots per atom, slot-major (entry ``k * N + i`` is slot ``k`` of atom ``i``).
 
     ``src (K N,)`` the neighbour (the atom itself on an empty slot), ``valid (K N,)`` bool,
-    ``bond (K N,)`` the index of the bond ``src -> i`` in ``edge_index`` or -1.
+    ``bond (K N,)`` the index of the bond ``src -> i`` in ``edge_index`` or -1, ``left_out (N,)`` the
+    nearest non-bonded atom within the cutoff that the cap left out, or -1.
     """
 
     src: Tensor
     valid: Tensor
     bond: Tensor
+    left_out: Tensor
 
 
 def _dense_layout(pos: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -67,21 +72,25 @@ def atom_neighbors(
 
     degree = int(torch.bincount(dst_b, minlength=num_atoms).max()) if dst_b.numel() else 0
     num_slots = max(1, min(max(max_neighbors, degree), n_max - 1))
-    dist, idx = key.topk(num_slots, dim=-1, largest=False)  # (N, K)
+    dist, idx = key.topk(num_slots + 1, dim=-1, largest=False)  # (N, K + 1); K < n_max
+    left_out = torch.where(dist[:, -1] < float("inf"), offset + idx[:, -1], -1)
+    dist, idx = dist[:, :-1], idx[:, :-1]
     valid = dist < float("inf")
     src = torch.where(valid, offset[:, None] + idx, rows[:, None])
     bond = torch.where(valid, bond_id.gather(1, idx), -1)
-    return AtomNeighbors(src.t().reshape(-1), valid.t().reshape(-1), bond.t().reshape(-1))
+    return AtomNeighbors(src.t().reshape(-1), valid.t().reshape(-1), bond.t().reshape(-1), left_out)
 
 
 @torch.no_grad()
 def bond_neighbors(
     pos: Tensor, batch: Tensor, num_graphs: int, bonds: Tensor, cutoff: float, max_neighbors: int
-) -> tuple[Tensor, Tensor]:
-    """Atoms of the same graph nearest to each bond centre, the bond's own two atoms always included.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Atoms of the same graph nearest to each bond centre, the bond's own two atoms always included
+    (slots 0 and 1).
 
-    ``bonds (2, T)``. Returns ``atoms (K, T)`` slot-major (the bond's first atom on an empty slot) and
-    ``valid (K, T)`` bool, with ``K = min(max_neighbors, largest graph size)``.
+    ``bonds (2, T)``. Returns ``atoms (K, T)`` slot-major (the bond's first atom on an empty slot),
+    ``valid (K, T)`` bool, with ``K = min(max_neighbors, largest graph size)``, and ``left_out (T,)``:
+    the nearest atom within the cutoff that the cap left out, or -1.
     """
     num_bonds = bonds.shape[1]
     offset, local, dense, exists = _dense_layout(pos, batch, num_graphs)
@@ -97,7 +106,25 @@ def bond_neighbors(
     key[rows, local[v]] = -1.0
 
     num_slots = max(2, min(max_neighbors, n_max))
-    dist, idx = key.topk(num_slots, dim=-1, largest=False)  # (T, K)
+    dist, idx = key.topk(min(num_slots + 1, n_max), dim=-1, largest=False)  # (T, K) or (T, K + 1)
+    left_out = torch.full_like(u, -1)
+    if dist.shape[1] > num_slots:
+        left_out = torch.where(dist[:, -1] < float("inf"), offset[u] + idx[:, -1], -1)
+        dist, idx = dist[:, :-1], idx[:, :-1]
     valid = dist < float("inf")
     atoms = torch.where(valid, offset[u][:, None] + idx, u[:, None])
-    return atoms.t().contiguous(), valid.t().contiguous()
+    return atoms.t().contiguous(), valid.t().contiguous(), left_out
+
+
+def cap_weights(dist: Tensor, left_out_dist: Tensor, width: float) -> Tensor:
+    """Weights in [0, 1] of the capped neighbours at ``dist (K, M)`` from their centre, given the
+    distance ``left_out_dist (M,)`` of the centre's nearest left-out candidate (the cutoff when none).
+
+    ``smoothstep((left_out_dist - dist) / width)``: 1 for a neighbour at least ``width`` nearer than
+    the left-out one, falling smoothly to 0 as the two become equally far, so that swapping them
+    changes nothing. ``width = 0``: the hard cap (all ones).
+    """
+    if width <= 0:
+        return torch.ones_like(dist)
+    u = ((left_out_dist[None, :] - dist) / width).clamp(0.0, 1.0)
+    return u * u * (3.0 - 2.0 * u)

@@ -18,7 +18,7 @@ from e3nn import o3
 from torch import Tensor
 
 from confdiff.diffusion.torus import wrapped_normal_score_norm
-from confdiff.nn.neighbors import atom_neighbors, bond_neighbors
+from confdiff.nn.neighbors import atom_neighbors, bond_neighbors, cap_weights
 from confdiff.nn.scatter import scatter_mean
 from confdiff.nn.tfn import DepthwiseTensorProduct, GaussianRBF, IrrepsLinear, TensorFieldConv, cosine_cutoff
 
@@ -36,6 +36,10 @@ class ScoreModelConfig:
     num_rbf : Gaussian radial basis functions; sigma_embed_dim : sinusoidal features per noise level.
     cutoff, max_neighbors : radius graph (Angstrom) and neighbour slots per atom (bonds included).
     torsion_cutoff, torsion_max_neighbors : the same around each rotatable bond's centre.
+    cap_width : Angstrom; a capped (non-bonded) neighbour fades out smoothly as the nearest candidate
+        that the cap left out comes within ``cap_width`` of it (``neighbors.cap_weights``), and the
+        torsion head counts its neighbours by these weights, so the scores are continuous where the
+        cap's choice changes. 0 is the hard cap of the checkpoints written before this option.
     avg_num_neighbors : messages are divided by its square root.
     centre_vector : the position head also reads each atom's offset from its graph's centre,
         ``psi(s_i) (x_i - c) / (1 + sigma_pos^2)^(1/2)``: the global pull that the full-coordinate
@@ -55,6 +59,7 @@ class ScoreModelConfig:
     max_neighbors: int = 10
     torsion_cutoff: float = 5.0
     torsion_max_neighbors: int = 12
+    cap_width: float = 0.25
     avg_num_neighbors: float = 10.0
     centre_vector: bool = False
 
@@ -67,6 +72,8 @@ class ScoreModelConfig:
         if self.num_layers < 2:  # the first layer sees 0e inputs only: parity-odd (0o) features need two
             raise ValueError(f"ScoreModelConfig.num_layers must be >= 2 (torsion scores are identically zero "
                              f"with one layer), got {self.num_layers!r}")
+        if self.cap_width < 0:
+            raise ValueError(f"ScoreModelConfig.cap_width must be >= 0, got {self.cap_width!r}")
         if self.edge_feature_dim < 0:
             raise ValueError(f"ScoreModelConfig.edge_feature_dim must be >= 0, got {self.edge_feature_dim!r}")
         if self.num_rbf < 2:
@@ -82,7 +89,7 @@ class ScoreModelConfig:
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown ScoreModelConfig keys: {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{"cap_width": 0.0, **values})  # saved before cap_width existed: the hard cap
 
 
 class SigmaEmbedding(torch.nn.Module):
@@ -199,7 +206,12 @@ class ScoreModel(torch.nn.Module):
         vec = (pos_t.index_select(1, nbr.src).view(3, num_slots, num_atoms) - pos_t[:, None, :]).view(3, -1)
         dist = _safe_norm(vec, 0)
         unit = vec / dist
-        envelope = torch.where(nbr.bond >= 0, torch.ones_like(dist), cosine_cutoff(dist, c.cutoff)) * nbr.valid
+        nonbond = cosine_cutoff(dist, c.cutoff)
+        if c.cap_width > 0:
+            left = nbr.left_out
+            left_dist = torch.where(left >= 0, _safe_norm(pos_t[:, left.clamp_min(0)] - pos_t, 0), c.cutoff)
+            nonbond = nonbond * cap_weights(dist.view(num_slots, num_atoms), left_dist, c.cap_width).view(-1)
+        envelope = torch.where(nbr.bond >= 0, torch.ones_like(dist), nonbond) * nbr.valid
         sh = _spherical_harmonics(self.irreps_sh, unit) * envelope  # (irreps_sh.dim, E)
         bond_table = torch.cat([_linear_t(self.bond_proj, batch.edge_attr.t()), self.nonbond_embedding[:, None]], 1)
         edge_emb = _linear_t(self.rbf_proj, self.rbf(dist)) + bond_table[:, nbr.bond]  # bond -1: non-bond column
@@ -229,14 +241,24 @@ class ScoreModel(torch.nn.Module):
         if bonds.shape[1] == 0:
             return pos.new_zeros(0)
         u, v = bonds
-        atoms, valid = bond_neighbors(pos, graph, num_graphs, bonds, c.torsion_cutoff, c.torsion_max_neighbors)
+        atoms, valid, left_out = bond_neighbors(pos, graph, num_graphs, bonds, c.torsion_cutoff,
+                                                c.torsion_max_neighbors)
         num_slots, num_bonds = atoms.shape
         atoms, valid = atoms.view(-1), valid.view(-1)
         pos_t = pos.t()
         centre = 0.5 * (pos_t[:, u] + pos_t[:, v])  # (3, T)
         vec = (pos_t[:, atoms].view(3, num_slots, num_bonds) - centre[:, None, :]).view(3, -1)  # (3, K T)
         dist = _safe_norm(vec, 0)
-        sh = _spherical_harmonics(self.irreps_sh, vec / dist) * (cosine_cutoff(dist, c.torsion_cutoff) * valid)
+        envelope = cosine_cutoff(dist, c.torsion_cutoff) * valid
+        count = valid.view(num_slots, num_bonds).sum(0)  # neighbours per bond, (T,)
+        if c.cap_width > 0:
+            left_dist = torch.where(left_out >= 0, _safe_norm(pos_t[:, left_out.clamp_min(0)] - centre, 0),
+                                    c.torsion_cutoff)
+            fade = cap_weights(dist.view(num_slots, num_bonds), left_dist, c.cap_width)
+            fade = torch.cat([torch.ones_like(fade[:2]), fade[2:]])  # the bond's own atoms are never capped
+            envelope = envelope * fade.view(-1)
+            count = envelope.view(num_slots, num_bonds).sum(0)  # counted by weight: continuous
+        sh = _spherical_harmonics(self.irreps_sh, vec / dist) * envelope
         axis = pos_t[:, v] - pos_t[:, u]
         axis_sh = _spherical_harmonics("2e", axis / _safe_norm(axis, 0))  # even: symmetric in u <-> v
         axis_sh = axis_sh[:, None, :].expand(-1, num_slots, -1).reshape(axis_sh.shape[0], -1)  # (5, K T)
@@ -248,7 +270,7 @@ class ScoreModel(torch.nn.Module):
         z = (edge_emb + (self.tor_atom_proj @ s).index_select(1, atoms)).view(-1, num_slots, num_bonds)
         z = torch.nn.functional.silu(z + (self.tor_bond_proj @ bond_s)[:, None, :]).view(-1, atoms.shape[0])
         out = self.tor_tp(h.index_select(1, atoms), edge_sh, _linear_t(self.tor_weight, z), num_slots)  # (dim, T)
-        out = out / valid.view(num_slots, num_bonds).sum(0).clamp_min(1).sqrt()  # sum / sqrt(#neighbours)
+        out = out / count.clamp_min(1).sqrt()  # sum / sqrt(#neighbours)
 
         irreps = self.tor_tp.irreps_out
         odd = torch.cat([out[sl] for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0o")]).t()

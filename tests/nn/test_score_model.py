@@ -13,7 +13,7 @@ from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM, featurize
 from confdiff.nn import ScoreModel, ScoreModelConfig
-from confdiff.nn.neighbors import atom_neighbors, bond_neighbors
+from confdiff.nn.neighbors import atom_neighbors, bond_neighbors, cap_weights
 
 SMILES = ["CC(=O)Nc1ccc(O)cc1", "C[C@H](N)C(=O)NCc1ccccc1", "CCCCOCC(N)C(=O)O"]
 SMALL = ScoreModelConfig(ATOM_FEATURE_DIM, BOND_FEATURE_DIM, num_scalars=8, num_vectors=2, num_layers=2,
@@ -208,7 +208,76 @@ def test_neighbour_lists_stay_within_each_graph_and_keep_bonds(mols):
     dist = (batch.pos[nbr.src] - batch.pos[dst]).norm(dim=1)
     assert (dist[nbr.valid & ~bonded] <= 5.0).all() and not (dst[nbr.valid] == nbr.src[nbr.valid]).any()
 
-    atoms, valid = bond_neighbors(batch.pos, batch.batch, batch.num_graphs, batch.torsion_index, 5.0, 8)
+    atoms, valid, _ = bond_neighbors(batch.pos, batch.batch, batch.num_graphs, batch.torsion_index, 5.0, 8)
     u, v = batch.torsion_index
     assert torch.equal(batch.batch[atoms], batch.batch[u].expand_as(atoms))
-    assert ((atoms == u) & valid).any(0).all() and ((atoms == v) & valid).any(0).all()
+    assert ((atoms[:2] == u) & valid[:2]).any(0).all() and ((atoms[:2] == v) & valid[:2]).any(0).all()
+
+
+def test_left_out_is_the_nearest_candidate_the_cap_dropped(mols):
+    batch = make_batch(mols)
+    pos, graph = batch.pos, batch.batch
+    nbr = atom_neighbors(pos, graph, batch.num_graphs, batch.edge_index, cutoff=5.0, max_neighbors=6)
+    num_slots = nbr.src.shape[0] // batch.num_nodes
+    src, valid = nbr.src.view(num_slots, -1), nbr.valid.view(num_slots, -1)
+    bonded = {tuple(e) for e in batch.edge_index.t().tolist()}
+    assert (nbr.left_out >= 0).any()
+    for i in range(batch.num_nodes):
+        kept = set(src[valid[:, i], i].tolist())
+        dist = {j: float((pos[j] - pos[i]).norm()) for j in range(batch.num_nodes)
+                if graph[j] == graph[i] and j != i and j not in kept and (j, i) not in bonded}
+        dist = {j: d for j, d in dist.items() if d <= 5.0}
+        if not dist:
+            assert nbr.left_out[i] == -1
+            continue
+        left = int(nbr.left_out[i])
+        assert dist[left] == min(dist.values())
+        assert all(float((pos[k] - pos[i]).norm()) <= dist[left] for k in kept if (k, i) not in bonded)
+
+    atoms, valid, left_out = bond_neighbors(pos, graph, batch.num_graphs, batch.torsion_index, 5.0, 8)
+    centre = 0.5 * (pos[batch.torsion_index[0]] + pos[batch.torsion_index[1]])
+    assert (left_out >= 0).any()
+    for t in torch.nonzero(left_out >= 0).flatten().tolist():
+        kept = atoms[valid[:, t], t]
+        assert (pos[kept] - centre[t]).norm(dim=1).max() <= (pos[left_out[t]] - centre[t]).norm()
+
+
+def test_cap_weights_fade_a_neighbour_out_as_the_left_out_one_comes_as_close():
+    dist = torch.tensor([[1.0, 2.5, 2.875, 3.0]], dtype=torch.float64).t()  # (K, 1)
+    left_out_dist = torch.tensor([3.0], dtype=torch.float64)
+    weights = cap_weights(dist, left_out_dist, 0.25)
+    assert torch.allclose(weights.squeeze(1), torch.tensor([1.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+    assert torch.equal(cap_weights(dist, left_out_dist, 0.0), torch.ones_like(dist))
+
+
+def test_checkpoints_without_cap_width_keep_the_hard_cap():
+    saved = {k: v for k, v in SMALL.to_dict().items() if k != "cap_width"}
+    assert ScoreModelConfig.from_dict(saved).cap_width == 0.0
+    assert ScoreModelConfig.from_dict(SMALL.to_dict()).cap_width == SMALL.cap_width > 0
+
+
+@pytest.mark.parametrize("cap_width, continuous", [(0.25, True), (0.0, False)])
+def test_scores_are_continuous_where_the_cap_changes_its_choice(mols, cap_width, continuous):
+    """Move an atom's nearest left-out candidate to just nearer / just farther than its farthest kept
+    non-bonded neighbour: the soft cap gives the same scores on both sides, the hard cap jumps."""
+    config = dataclasses.replace(SMALL, max_neighbors=6, cap_width=cap_width)
+    model = model_of(config)
+    batch = make_batch(mols[:1])
+    pos = batch.pos
+    nbr = atom_neighbors(pos, batch.batch, 1, batch.edge_index, config.cutoff, config.max_neighbors)
+    num_slots = nbr.src.shape[0] // batch.num_nodes
+    src, valid, bond = (t.view(num_slots, -1) for t in (nbr.src, nbr.valid, nbr.bond))
+    i = int(torch.nonzero(nbr.left_out >= 0)[0])
+    farthest = max(float((pos[j] - pos[i]).norm()) for j, ok, b in zip(src[:, i], valid[:, i], bond[:, i])
+                   if ok and b < 0)
+    left = int(nbr.left_out[i])
+    direction = (pos[left] - pos[i]) / (pos[left] - pos[i]).norm()
+    scores = []
+    for eps in (-1e-7, 1e-7):
+        moved = batch.clone()
+        moved.pos = pos.clone()
+        moved.pos[left] = pos[i] + (farthest + eps) * direction
+        with torch.no_grad():
+            scores.append(torch.cat([s.flatten() for s in model(moved)]))
+    gap = float((scores[0] - scores[1]).abs().max())
+    assert (gap < 1e-4) if continuous else (gap > 1e-2)  # the hard cap jumps by about 5 here
