@@ -1,0 +1,51 @@
+"""Spread of ``confdiff score``'s log-likelihoods over copies of a conformer whose coordinates carry
+uniform noise of at most 5e-5 A (what writing an SD file at 1e-4 A does), per checkpoint.
+
+    python scripts/bench_likelihood_noise.py /tmp/capab/w0.0.pt /tmp/capab/w0.25.pt
+
+Three drug-like molecules, two MMFF94 conformers each, two noise draws of four copies per conformer;
+the torsion density at ``confdiff score``'s default steps, one thread. Prints every spread (nats)
+and their largest and median value for each checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from bench_likelihood import noisy_copies
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from confdiff.cli.score import DEFAULT_MODE, DEFAULT_STEPS
+from confdiff.conformers.generator import load_model
+from confdiff.conformers.likelihood import likelihood
+
+SMILES = ["CC(C)Cc1ccc(C(C)C(=O)O)cc1", "COc1ccc2[nH]cc(CCNC(C)=O)c2c1", "CC(C)NCC(O)COc1cccc2ccccc12"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="checkpoints (release files)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    mols = []
+    for smiles in SMILES:
+        mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+        AllChem.EmbedMultipleConfs(mol, 2, randomSeed=7)
+        AllChem.MMFFOptimizeMoleculeConfs(mol)
+        mols.append(mol)
+    for path in args.models:
+        model = load_model(path, mode=DEFAULT_MODE)
+        spreads = []
+        for mol in mols:
+            for seed in (0, 1):
+                log_p = likelihood(noisy_copies(mol, seed=seed), model=model, mode=DEFAULT_MODE, steps=DEFAULT_STEPS)
+                spreads += np.ptp(np.reshape(log_p, (mol.GetNumConformers(), -1)), axis=1).tolist()
+        print(f"{path} (cap_width {model[0].config.cap_width}): spreads {np.round(spreads, 4).tolist()}, "
+              f"largest {max(spreads):.4f}, median {np.median(spreads):.4f} nats", flush=True)
+
+
+if __name__ == "__main__":
+    main()
