@@ -176,8 +176,8 @@ def build_dataset(
 
     Shard k holds candidates k*shard_size .. (k+1)*shard_size - 1 (candidates: the input records
     that read cleanly, fit ``max_heavy_atoms`` and are not excluded). Shards already listed in
-    ``out/manifest.json`` are skipped, so rerunning the same command resumes a killed build, and
-    raising ``max_molecules`` extends a finished one.
+    ``out/manifest.json`` are skipped, so rerunning the same command resumes a killed build (whose
+    temporary files it removes), and raising ``max_molecules`` extends a finished one.
     """
     if workers < 1 or shard_size < 1:
         raise ValueError(f"workers and shard_size must be >= 1, got {workers} and {shard_size}")
@@ -187,6 +187,8 @@ def build_dataset(
     out.mkdir(parents=True, exist_ok=True)
     source_id = str(Path(source).resolve()) if os.path.exists(source) else source
     manifest = _load_manifest(out, source_id, config)
+    for stale in out.glob(".*.tmp"):  # a killed build's half-written shard or manifest
+        stale.unlink()
     rejected: list[tuple[int, str, str, str]] = []
     candidates = _candidates(source, config, exclude, max_molecules, rejected)
     shards = [candidates[i : i + shard_size] for i in range(0, len(candidates), shard_size)]

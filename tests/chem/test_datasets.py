@@ -156,13 +156,15 @@ def test_build_resumes_after_a_kill_and_extends(built, tmp_path):
     del state["shards"]["shard-00001.sdf.gz"]
     (work / "manifest.json").write_text(json.dumps(state))
     (work / "shard-00001.sdf.gz").unlink()
+    stale = work / ".shard-00001.sdf.gz.x1y2z3.tmp"
+    stale.write_bytes(b"half a shard")
     kept = (work / "shard-00000.sdf.gz").stat().st_mtime_ns
     logs = []
     again = build_dataset(str(source), work, SMALL, exclude=exclude, shard_size=2, log=logs.append)
     assert "2 shards done, 1 to build" in logs[0]
     assert (work / "shard-00000.sdf.gz").stat().st_mtime_ns == kept
     assert again == manifest | {"shards": again["shards"]}
-    assert (work / "shard-00001.sdf.gz").read_bytes() != b""
+    assert (work / "shard-00001.sdf.gz").read_bytes() != b"" and not stale.exists()
     assert [m.GetNumConformers() for m, _ in load_ensembles(work)] == [m.GetNumConformers() for m, _ in load_ensembles(out)]
     with pytest.raises(ValueError, match="another output directory"):
         build_dataset(str(source), work, BuildConfig(num_conformers=7), shard_size=2, log=logs.append)
