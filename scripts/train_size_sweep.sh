@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The size sweep of issue 14: one model size per call, trained on the teacher ensembles of
 # scripts/build_training_data.sh with the same data, steps and schedule, so that only the size differs.
-#   SIZE      small (the default architecture, 12,925 parameters) | medium (~126k, 10x) | large (~593k, 46x)
+#   SIZE      tiny (6,034 parameters) | small (the shipped architecture, 12,925) | medium (~126k, 10x) |
+#             large (~593k, 46x): `confdiff train --size` (confdiff.nn.score_model.MODEL_SIZES)
 #   DATA      the built dataset (default /work/datasets/moses_teacher)
 #   RUN_ROOT  runs go to $RUN_ROOT/$SIZE (default /work/runs/sweep)
 #   STEPS     optimiser steps (default 20000); BATCH molecules per step (default 32; 128 on a GPU)
@@ -12,14 +13,8 @@ cd "$(dirname "$0")/.."
 SIZE=${SIZE:-small}
 DATA=${DATA:-/work/datasets/moses_teacher}
 RUN_ROOT=${RUN_ROOT:-/work/runs/sweep}
-case "$SIZE" in
-  small) ARCH=() ;;
-  medium) ARCH=(--num-scalars 48 --num-vectors 12 --num-layers 4 --edge-dim 48) ;;
-  large) ARCH=(--num-scalars 96 --num-vectors 24 --num-layers 5 --edge-dim 96) ;;
-  *) echo "SIZE must be small, medium or large, got $SIZE" >&2; exit 2 ;;
-esac
 STEPS=${STEPS:-20000}
 # shellcheck disable=SC2086
-exec python -m confdiff train --data "$DATA" --out "$RUN_ROOT/$SIZE" "${ARCH[@]}" --steps "$STEPS" \
+exec python -m confdiff train --data "$DATA" --out "$RUN_ROOT/$SIZE" --size "$SIZE" --steps "$STEPS" \
     --batch-size "${BATCH:-32}" --lr 1e-3 --lr-decay-start $((STEPS * 7 / 10)) --checkpoint-every 250 \
     --eval-every 1000 --resume --no-progress --export "$RUN_ROOT/$SIZE/release.pt" ${EXTRA:-}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..conformers.diffusion import ConformerDiffusionConfig
 from ..conformers.training import export_release, train_conformer_model
-from ..nn.score_model import ScoreModelConfig
+from ..nn.score_model import MODEL_SIZES, ScoreModelConfig
 from ..train import CHECKPOINT_NAME, TrainConfig
 
 __all__ = ["add_arguments", "run"]
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export", metavar="PATH", help="also write the release file (EMA weights) here")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--size", choices=list(MODEL_SIZES), default=None,
+                        help="a named architecture (default: small, the shipped one); the score model "
+                             "options below override its fields")
     for f in dataclasses.fields(ScoreModelConfig):
         if f.name in _DATA_FIELDS:
             continue
@@ -60,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreModelConfig)
-                 if f.name not in _DATA_FIELDS and getattr(args, f.name) is not None}
+    overrides = {**MODEL_SIZES.get(args.size, {}),
+                 **{f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreModelConfig)
+                    if f.name not in _DATA_FIELDS and getattr(args, f.name) is not None}}
     diffusion_config = ConformerDiffusionConfig(**{
         f.name: getattr(args, f.name) for f in dataclasses.fields(ConformerDiffusionConfig)
         if getattr(args, f.name) is not None})

@@ -22,7 +22,7 @@ from confdiff.nn.neighbors import atom_neighbors, bond_neighbors, cap_weights
 from confdiff.nn.scatter import scatter_mean
 from confdiff.nn.tfn import DepthwiseTensorProduct, GaussianRBF, IrrepsLinear, TensorFieldConv, cosine_cutoff
 
-__all__ = ["ScoreModelConfig", "ScoreModel", "SigmaEmbedding"]
+__all__ = ["MODEL_SIZES", "ScoreModelConfig", "ScoreModel", "SigmaEmbedding"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,16 @@ class ScoreModelConfig:
         if unknown:
             raise ValueError(f"unknown ScoreModelConfig keys: {sorted(unknown)}")
         return cls(**{"cap_width": 0.0, **values})  # saved before cap_width existed: the hard cap
+
+
+#: named architectures (``ScoreModelConfig`` fields over the defaults) of ``confdiff train --size``
+#: and the size sweep: parameters 6,034 / 12,925 (the shipped model) / ~126k / ~593k
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"num_scalars": 12, "num_vectors": 3, "num_layers": 2, "edge_dim": 12},
+    "small": {},
+    "medium": {"num_scalars": 48, "num_vectors": 12, "num_layers": 4, "edge_dim": 48},
+    "large": {"num_scalars": 96, "num_vectors": 24, "num_layers": 5, "edge_dim": 96},
+}
 
 
 class SigmaEmbedding(torch.nn.Module):

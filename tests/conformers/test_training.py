@@ -23,7 +23,7 @@ from confdiff.chem.torsions import dihedral_angles
 from confdiff.cli import main
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.conformers.generator import ConformerGenerator, load_model
-from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
+from confdiff.nn.score_model import MODEL_SIZES, ScoreModel, ScoreModelConfig
 from confdiff.train import CHECKPOINT_NAME, LOG_NAME, TrainConfig, load_checkpoint
 from confdiff.conformers.training import (
     ConformerTrainingData,
@@ -280,6 +280,17 @@ def train_args(data_dir: Path, out: Path, steps: int) -> list[str]:
     return ["train", "--data", str(data_dir), "--out", str(out), "--steps", str(steps), "--batch-size", "2",
             "--lr", "1e-2", "--checkpoint-every", "3", "--val-fraction", "0", "--eval-molecules", "0",
             "--cache-dir", str(data_dir / "cache"), "--no-progress", *TINY_ARGS]
+
+
+def test_size_names_an_architecture_and_explicit_options_override_it(data_dir, tmp_path):
+    base = ["train", "--data", str(data_dir), "--steps", "1", "--batch-size", "2", "--val-fraction", "0",
+            "--eval-molecules", "0", "--cache-dir", str(data_dir / "cache"), "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "tiny"), "--size", "tiny"]) == 0
+    saved = load_checkpoint(tmp_path / "tiny" / CHECKPOINT_NAME)["model_config"]["model"]
+    assert {k: saved[k] for k in MODEL_SIZES["tiny"]} == MODEL_SIZES["tiny"]
+    assert main([*base, "--out", str(tmp_path / "three"), "--size", "tiny", "--num-layers", "3"]) == 0
+    saved = load_checkpoint(tmp_path / "three" / CHECKPOINT_NAME)["model_config"]["model"]
+    assert saved["num_layers"] == 3 and saved["num_scalars"] == MODEL_SIZES["tiny"]["num_scalars"]
 
 
 def command(*args: str) -> list[str]:
