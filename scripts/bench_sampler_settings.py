@@ -10,7 +10,10 @@ thread, 2K conformers per molecule, 0.75 A, the same molecules and seed as ``con
 Prints one JSON line per setting: mean COV-R / MAT-R / COV-P / MAT-P over the molecules and the CPU
 ms per written conformer (generation only). ``--mmff-iters 5 50 500`` adds a line per count for the
 same conformers after at most that many MMFF94 minimisation iterations (how far the raw output is
-from the force field's minima), with the minimisation's CPU ms per conformer.
+from the force field's minima), with the minimisation's CPU ms per conformer. ``--torsion-mmff-iters 50``
+does the same with MMFF94 minimised over the rotatable torsions alone (L-BFGS, the model's bond lengths,
+angles and rings kept), a candidate for a cheap final step of the sampler. ``--torsion-guidance-scale F``
+multiplies the torsion part of the physics guidance by ``F`` (the coordinate part stays), in this process.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import numpy as np
 import torch
 from rdkit import Chem
 from rdkit.Chem import AllChem
+from scipy.optimize import minimize
 
 from confdiff.chem.metrics import coverage_matching, rmsd_matrix
-from confdiff.conformers import evaluation
+from confdiff.chem.torsions import moving_atoms, rotatable_bonds
+from confdiff.conformers import evaluation, physics
 from confdiff.conformers import generator as generator_module
 from confdiff.diffusion import samplers
+from confdiff.diffusion.spaces import ZeroCoM
 
 REFERENCE = "../shared/data/geom_drugs_micro/reference_crest.sdf.gz"
 
@@ -38,32 +44,93 @@ def main() -> None:
     parser.add_argument("seed", type=int)
     parser.add_argument("settings", nargs="+", metavar="STEPS:SAMPLER:GRID:CPS")
     parser.add_argument("--reference", default=REFERENCE)
+    parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     parser.add_argument("--threshold", type=float, default=0.75)
     parser.add_argument("--mmff-iters", type=int, nargs="*", default=[], metavar="K")
+    parser.add_argument("--torsion-mmff-iters", type=int, nargs="*", default=[], metavar="K")
+    parser.add_argument("--torsion-guidance-scale", type=float, default=1.0, metavar="F")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records, _ = evaluation.read_records(args.reference)
     molecules, _, _ = evaluation.select_molecules(records, {}, bioactive=False)
+    if args.torsion_guidance_scale != 1.0:
+        generator_module.physics_guidance = functools.partial(_torsion_scaled_guidance, args.torsion_guidance_scale)
     jobs = evaluation.make_jobs(molecules, ["confdiff"], {}, lambda k: 2 * k, args.seed)
     for setting in args.settings:
         steps, sampler, grid, per_seed = setting.split(":")
         generator_module.time_grid = functools.partial(samplers.time_grid, kind=grid)
-        gen = generator_module.ConformerGenerator(steps=int(steps), sampler=sampler, conformers_per_seed=int(per_seed))
+        gen = generator_module.ConformerGenerator(args.model, steps=int(steps), sampler=sampler,
+                                                  conformers_per_seed=int(per_seed))
         rows, cpu, written = [], 0.0, 0
-        minimised = {k: ([], 0.0) for k in args.mmff_iters}
+        minimised = {("mmff_iters", k): ([], 0.0) for k in args.mmff_iters}
+        minimised |= {("torsion_mmff_iters", k): ([], 0.0) for k in args.torsion_mmff_iters}
         for job in jobs:
             start = time.process_time()
             out = gen.generate(Chem.Mol(job.template), job.num_confs, seed=job.seed)
             cpu += time.process_time() - start
             written += out.GetNumConformers()
             rows.append(_scores(job, out, args.threshold))
-            for k, (k_rows, k_cpu) in minimised.items():
+            for (kind, k), (k_rows, k_cpu) in minimised.items():
                 relaxed, start = Chem.Mol(out), time.process_time()
-                AllChem.MMFFOptimizeMoleculeConfs(relaxed, numThreads=1, maxIters=k)
-                minimised[k] = (k_rows + [_scores(job, relaxed, args.threshold)], k_cpu + time.process_time() - start)
+                if kind == "mmff_iters":
+                    AllChem.MMFFOptimizeMoleculeConfs(relaxed, numThreads=1, maxIters=k)
+                else:
+                    _minimise_torsions(relaxed, k)
+                minimised[kind, k] = (k_rows + [_scores(job, relaxed, args.threshold)],
+                                      k_cpu + time.process_time() - start)
         _report(args.seed, setting, rows, 1000 * cpu / written)
-        for k, (k_rows, k_cpu) in minimised.items():
-            _report(args.seed, setting, k_rows, 1000 * k_cpu / written, mmff_iters=k)
+        for (kind, k), (k_rows, k_cpu) in minimised.items():
+            _report(args.seed, setting, k_rows, 1000 * k_cpu / written, **{kind: k})
+
+
+def _torsion_scaled_guidance(factor: float, score_fn, sde, *args, **kwargs):
+    """``physics.physics_guidance`` with its torsion part times ``factor``."""
+    guidance = physics.physics_guidance(lambda y, t: torch.zeros_like(y), sde, *args, **kwargs)
+
+    def guided(y, t):
+        parts = [p if isinstance(space, ZeroCoM) else factor * p
+                 for space, p in zip(sde.space.spaces, sde.space.split(guidance(y, t)))]
+        return score_fn(y, t) + sde.space.join(parts)
+
+    return guided
+
+
+def _dihedral(x: np.ndarray, t) -> float:
+    """The dihedral ``a-u-v-b`` of ``x (N, 3)`` in radians, RDKit's sign convention."""
+    b0, b1, b2 = x[t.u] - x[t.a], x[t.v] - x[t.u], x[t.b] - x[t.v]
+    n1, n2 = np.cross(b0, b1), np.cross(b1, b2)
+    return -float(np.arctan2(np.cross(n1, b1 / np.linalg.norm(b1)) @ n2, n1 @ n2))
+
+
+def _minimise_torsions(mol: Chem.Mol, max_iter: int) -> None:
+    """MMFF94 minimised over the rotatable torsions of every conformer of ``mol`` (in place, L-BFGS)."""
+    torsions = rotatable_bonds(mol)
+    if not torsions:
+        return
+    sides = [np.asarray(s) for s in moving_atoms(mol, torsions)]
+    ff = AllChem.MMFFGetMoleculeForceField(mol, AllChem.MMFFGetMoleculeProperties(mol))
+    for conf in mol.GetConformers():
+        x0 = conf.GetPositions()
+
+        def build(angles: np.ndarray) -> np.ndarray:  # x0 with torsion k set to angles[k], its v side rotated
+            x = x0.copy()
+            for t, side, angle in zip(torsions, sides, angles):
+                axis = (x[t.v] - x[t.u]) / np.linalg.norm(x[t.v] - x[t.u])
+                turn, p = angle - _dihedral(x, t), x[side] - x[t.v]
+                x[side] = (x[t.v] + p * np.cos(turn) + np.cross(axis, p) * np.sin(turn)
+                           + np.outer(p @ axis, axis) * (1 - np.cos(turn)))
+            return x
+
+        def energy_and_grad(angles: np.ndarray) -> tuple[float, np.ndarray]:
+            x = build(angles)
+            energy = ff.CalcEnergy(x.ravel().tolist())  # first: CalcGrad reuses state of the last CalcEnergy
+            grad = np.asarray(ff.CalcGrad(x.ravel().tolist())).reshape(-1, 3)
+            axes = [(x[t.v] - x[t.u]) / np.linalg.norm(x[t.v] - x[t.u]) for t in torsions]
+            return energy, np.array([np.sum(np.cross(a, x[s] - x[t.v]) * grad[s]) for t, s, a in zip(torsions, sides, axes)])
+
+        start = np.array([_dihedral(x0, t) for t in torsions])
+        result = minimize(energy_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+        conf.SetPositions(build(result.x))
 
 
 def _scores(job, out: Chem.Mol, threshold: float) -> list[float]:
