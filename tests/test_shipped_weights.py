@@ -5,7 +5,8 @@ weights produce. The values were recorded before the package was restructured (i
 ``torch.set_num_threads(1)`` on CPU: a fixed seed's conformers from each mode's checkpoint, a
 log-likelihood from each conformer checkpoint and the PF-ODE bits/dim of two test digits under the
 shipped U-Net. A deliberate change of the weights or of the numerics must record them again
-(``tests/shipped_weights_golden.json``) and say why in the commit.
+(``python scripts/record_golden_values.py``, into ``tests/shipped_weights_golden.json``) and say why
+in the commit. The slow likelihood tests run with ``-m slow``.
 """
 
 import json
