@@ -126,7 +126,8 @@ def _minimise_torsions(mol: Chem.Mol, max_iter: int) -> None:
             energy = ff.CalcEnergy(x.ravel().tolist())  # first: CalcGrad reuses state of the last CalcEnergy
             grad = np.asarray(ff.CalcGrad(x.ravel().tolist())).reshape(-1, 3)
             axes = [(x[t.v] - x[t.u]) / np.linalg.norm(x[t.v] - x[t.u]) for t in torsions]
-            return energy, np.array([np.sum(np.cross(a, x[s] - x[t.v]) * grad[s]) for t, s, a in zip(torsions, sides, axes)])
+            return energy, np.array([np.sum(np.cross(a, x[s] - x[t.v]) * grad[s])
+                                     for t, s, a in zip(torsions, sides, axes)])
 
         start = np.array([_dihedral(x0, t) for t in torsions])
         result = minimize(energy_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
