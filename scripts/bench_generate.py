@@ -8,7 +8,7 @@
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
 the ratio of CPU time per conformer. The confdiff child also splits its CPU time into the pipeline's
-stages (ETKDG seeds, featurisation, stereo checks, Batch construction, score model, torsion
+stages (ETKDG seeds, their MMFF94 minimisation, featurisation, stereo checks, Batch construction, score model, torsion
 application, the validity gate, the physics guidance, the rest of the sampler and the assembly of
 the result). ``--threads`` sets the confdiff child's ``num_threads`` (0: torch's default, all cores);
 ``--parallel P`` runs P confdiff children at once, as a user who parallelises over processes does.
@@ -99,9 +99,10 @@ def run_confdiff(args) -> dict:
         model = (ScoreModel(ScoreModelConfig(node_feature_dim=ATOM_FEATURE_DIM, edge_feature_dim=BOND_FEATURE_DIM)),
                  ConformerDiffusion())
     large = args.child == "large"
+    per_seed = {"conformers_per_seed": args.large_conformers_per_seed} if large else {}  # else the default
     generator = conformers.ConformerGenerator(
-        model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size,
-        conformers_per_seed=args.large_conformers_per_seed if large else 5, num_threads=args.threads or None)
+        model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size, num_threads=args.threads or None,
+        **per_seed)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
@@ -109,6 +110,7 @@ def run_confdiff(args) -> dict:
     # where each stage's function is looked up at run time: (namespace, attribute, stage)
     hooks = [
         (conformers, "embed_etkdg", "ETKDG seeds"),
+        (conformers, "relax_mmff", "seed minimisation"),
         (conformers, "featurize", "featurisation"),
         (conformers.StereoCheck, "from_mol", "stereo checks"),
         (conformers.StereoCheck, "signs", "stereo checks"),

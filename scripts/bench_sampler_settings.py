@@ -14,6 +14,8 @@ from the force field's minima), with the minimisation's CPU ms per conformer. ``
 does the same with MMFF94 minimised over the rotatable torsions alone (L-BFGS, the model's bond lengths,
 angles and rings kept), a candidate for a cheap final step of the sampler. ``--torsion-guidance-scale F``
 multiplies the torsion part of the physics guidance by ``F`` (the coordinate part stays), in this process.
+``--torsion-score-scale F:T`` multiplies the model's torsion score by ``F`` at diffusion times below ``T``
+(sampling a sharper, "colder" torsion density late in the trajectory), in this process.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from scipy.optimize import minimize
 from confdiff.chem.metrics import coverage_matching, rmsd_matrix
 from confdiff.chem.torsions import moving_atoms, rotatable_bonds
 from confdiff.conformers import evaluation, physics
+from confdiff.conformers.diffusion import ConformerDiffusion
 from confdiff.conformers import generator as generator_module
 from confdiff.diffusion import samplers
 from confdiff.diffusion.spaces import ZeroCoM
@@ -49,12 +52,17 @@ def main() -> None:
     parser.add_argument("--mmff-iters", type=int, nargs="*", default=[], metavar="K")
     parser.add_argument("--torsion-mmff-iters", type=int, nargs="*", default=[], metavar="K")
     parser.add_argument("--torsion-guidance-scale", type=float, default=1.0, metavar="F")
+    parser.add_argument("--torsion-score-scale", default=None, metavar="F:T")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records, _ = evaluation.read_records(args.reference)
     molecules, _, _ = evaluation.select_molecules(records, {}, bioactive=False)
     if args.torsion_guidance_scale != 1.0:
         generator_module.physics_guidance = functools.partial(_torsion_scaled_guidance, args.torsion_guidance_scale)
+    if args.torsion_score_scale:
+        factor, below = (float(v) for v in args.torsion_score_scale.split(":"))
+        original = ConformerDiffusion.score_fn
+        ConformerDiffusion.score_fn = lambda self, *a: _cold_torsions(factor, below, original(self, *a), a[-1])
     jobs = evaluation.make_jobs(molecules, ["confdiff"], {}, lambda k: 2 * k, args.seed)
     for setting in args.settings:
         steps, sampler, grid, per_seed = setting.split(":")
@@ -93,6 +101,19 @@ def _torsion_scaled_guidance(factor: float, score_fn, sde, *args, **kwargs):
         return score_fn(y, t) + sde.space.join(parts)
 
     return guided
+
+
+def _cold_torsions(factor: float, below: float, score_fn, sde):
+    """``score_fn`` with its torsion part times ``factor`` at times ``t < below`` (one ``t`` per batch)."""
+
+    def scaled(y, t):
+        score = score_fn(y, t)
+        if float(t.max()) >= below:
+            return score
+        return sde.space.join([p if isinstance(space, ZeroCoM) else factor * p
+                               for space, p in zip(sde.space.spaces, sde.space.split(score))])
+
+    return scaled
 
 
 def _dihedral(x: np.ndarray, t) -> float:

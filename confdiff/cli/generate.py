@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "soft repulsion, cheap), mmff (MMFF94), none (default: the mode's, see docs)")
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
                         help="weight of -E/kT in the guided score at the end of the trajectory (default: the mode's)")
+    parser.add_argument("--seed-relax", default="mmff", choices=("mmff", "none"),
+                        help="minimise the ETKDG seed structures with MMFF94 before the diffusion (mmff, default; "
+                             "the geometry the model was trained on) or use them as embedded (none)")
     parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
                         help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
     parser.add_argument("--prune", type=float, default=None, metavar="RMSD",
@@ -321,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, device=device, steps=args.steps, sampler=args.sampler, relax=args.relax,
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
-            num_threads=args.threads, validity_gate=not args.no_validity_gate,
+            num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

@@ -135,29 +135,31 @@ def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 @functools.cache
 def _confdiff_generator(model: str | None, mode: str, relax: str | None, guidance: str | None = None,
-                        guidance_scale: float | None = None, steps: int | None = None):
+                        guidance_scale: float | None = None, steps: int | None = None, seed_relax: str = "mmff"):
     try:
         from ..conformers.generator import ConformerGenerator
     except ImportError as exc:
         raise MethodUnavailable(f"confdiff.ConformerGenerator is not importable: {exc}") from exc
     try:
         return ConformerGenerator(model, mode=mode, relax=relax, guidance=guidance, guidance_scale=guidance_scale,
-                                  steps=steps)
+                                  steps=steps, seed_relax=seed_relax)
     except (FileNotFoundError, ValueError) as exc:
         raise MethodUnavailable(str(exc)) from exc
 
 
 def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None,
                       mode: str = "refine", relax: str | None = None, guidance: str | None = None,
-                      guidance_scale: float | None = None, steps: int | None = None) -> Chem.Mol:
+                      guidance_scale: float | None = None, steps: int | None = None,
+                      seed_relax: str = "mmff") -> Chem.Mol:
     """The package's diffusion model (the shipped checkpoint when ``model`` is None, loaded once per
     process) in ``mode``; ``relax="mmff"`` / ``"gfn2"`` minimises every conformer afterwards (as
     torsional diffusion's "+ relaxation" rows); ``guidance`` / ``guidance_scale``: physics guidance
-    (None: the mode's default); ``steps``: reverse-diffusion steps (None: the mode's default)."""
+    (None: the mode's default); ``steps``: reverse-diffusion steps (None: the mode's default);
+    ``seed_relax``: ``ConformerGenerator``'s treatment of the ETKDG seeds."""
     if relax == "gfn2":
         return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode, guidance=guidance,
-                                             guidance_scale=guidance_scale, steps=steps))
-    generator = _confdiff_generator(model, mode, relax, guidance, guidance_scale, steps)
+                                             guidance_scale=guidance_scale, steps=steps, seed_relax=seed_relax))
+    generator = _confdiff_generator(model, mode, relax, guidance, guidance_scale, steps, seed_relax)
     return generator.generate(mol, num_confs, seed=seed)
 
 
@@ -167,14 +169,16 @@ METHODS: dict[str, Generator] = {
     "etkdg-gfn2": generate_etkdg_gfn2,
     "teacher": generate_teacher,
 }
-#: the diffusion model's methods: name -> (mode, relaxation); they take ``--model``
-CONFDIFF_METHODS: dict[str, tuple[str, str | None]] = {
-    "confdiff": ("refine", None),
-    "confdiff-mmff": ("refine", "mmff"),
-    "confdiff-gfn2": ("refine", "gfn2"),
-    "confdiff-torsions": ("torsions", None),
-    "confdiff-full": ("full", None),
-    "confdiff-full-mmff": ("full", "mmff"),
+#: the diffusion model's methods: name -> (mode, relaxation, seed relaxation); they take ``--model``.
+#: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded (the default before session 7).
+CONFDIFF_METHODS: dict[str, tuple[str, str | None, str]] = {
+    "confdiff": ("refine", None, "mmff"),
+    "confdiff-mmff": ("refine", "mmff", "mmff"),
+    "confdiff-gfn2": ("refine", "gfn2", "mmff"),
+    "confdiff-etkdg-seeds": ("refine", None, "none"),
+    "confdiff-torsions": ("torsions", None, "mmff"),
+    "confdiff-full": ("full", None, "mmff"),
+    "confdiff-full-mmff": ("full", "mmff", "mmff"),
 }
 
 
@@ -202,9 +206,9 @@ def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model
     ``confdiff-full:repulsion:10``)."""
     name, guidance, scale = split_guidance(method)
     if name in CONFDIFF_METHODS:
-        mode, relax = CONFDIFF_METHODS[name]
+        mode, relax, seed_relax = CONFDIFF_METHODS[name]
         return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax, guidance=guidance,
-                                 guidance_scale=scale, steps=steps)
+                                 guidance_scale=scale, steps=steps, seed_relax=seed_relax)
     return METHODS[name](mol, num_confs, seed)
 
 

@@ -47,7 +47,7 @@ from ..chem.embed import EmbeddingError, embed_etkdg
 from ..chem.featurize import FeaturizationError, MolGraph, featurize
 from ..chem.io import MoleculeRejected, check_molecule, mol_name
 from ..chem.ensembles import EnsembleError, select_conformers
-from ..chem.relax import RelaxationError
+from ..chem.relax import RelaxationError, relax_mmff
 from ..chem.stereo import StereoCheck
 from ..chem.validity import ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
@@ -74,6 +74,8 @@ __all__ = [
 DEFAULT_MODEL = "default"
 DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion steps per mode
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
+SEED_RELAX_METHODS = ("none", "mmff")
+SEED_MMFF_ITERS = 500  # MMFF94 iterations per seed structure (converged for drug-like molecules)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 FULL_MODE_DRAWS = 2  # the full mode's first round draws this many conformers per one asked for
 GATE_MAX_DRAWS = 4  # the validity gate draws at most this many conformers per one asked for
@@ -238,6 +240,10 @@ class ConformerGenerator:
         ``confdiff.diffusion.samplers.SAMPLERS``.
     conformers_per_seed : conformers that share one ETKDG seed structure (the diffusion resamples
         their torsions; the seed provides bond lengths, angles and ring puckers).
+    seed_relax : ``"mmff"`` (default) minimises every ETKDG seed with MMFF94 (``SEED_MMFF_ITERS``
+        iterations) before the diffusion, so that the seeds' bond lengths, angles and ring puckers
+        look like the force-field minima the model was trained on; ``"none"`` uses them as
+        embedded. A molecule without MMFF94 parameters keeps its embedded seeds (with a note).
     max_atoms_per_batch : most atoms (all conformers of all molecules together) in one graph batch;
         bounds memory. A molecule with more atoms than this is refused.
     relax : None / ``"none"``, ``"mmff"``, ``"gfnff"`` or ``"gfn2"`` (xtb); energies in kcal/mol.
@@ -266,7 +272,8 @@ class ConformerGenerator:
         device: str | torch.device | None = None,
         steps: int | None = None,
         sampler: str = "euler_maruyama",
-        conformers_per_seed: int = 5,
+        conformers_per_seed: int = 10,
+        seed_relax: str = "mmff",
         max_atoms_per_batch: int = 20000,
         relax: str | None = None,
         prune_rms: float | None = None,
@@ -289,6 +296,8 @@ class ConformerGenerator:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         if conformers_per_seed < 1:
             raise ValueError(f"conformers_per_seed must be >= 1, got {conformers_per_seed}")
+        if seed_relax not in SEED_RELAX_METHODS:
+            raise ValueError(f"seed_relax must be one of {SEED_RELAX_METHODS}, got {seed_relax!r}")
         if max_atoms_per_batch < 1:
             raise ValueError(f"max_atoms_per_batch must be >= 1, got {max_atoms_per_batch}")
         if relax not in (None, *RELAX_METHODS):
@@ -313,6 +322,7 @@ class ConformerGenerator:
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
+        self.seed_relax = seed_relax
         self.max_atoms_per_batch = max_atoms_per_batch
         self.relax = None if relax == "none" else relax
         self.prune_rms = prune_rms
@@ -396,6 +406,11 @@ class ConformerGenerator:
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
             notes.append(f"ETKDG failed; seed structures from {embedded.method}")
+        if self.seed_relax == "mmff" and embedded.method == "etkdg":
+            try:
+                relax_mmff(embedded.mol, list(embedded.conf_ids), max_iters=SEED_MMFF_ITERS)
+            except RelaxationError as err:
+                notes.append(f"{err.reason}: the seed structures are used as embedded")
         seeds = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
         good = check.matches_input(seeds)
         if not good.any():
@@ -648,6 +663,7 @@ def generate(
     guidance: str | None = None,
     guidance_scale: float | None = None,
     num_threads: int | None = 1,
+    seed_relax: str = "mmff",
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -661,5 +677,5 @@ def generate(
     loaded = _cached_model(None if model is None else str(model), str(device), mode)
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
-                                   num_threads=num_threads)
+                                   num_threads=num_threads, seed_relax=seed_relax)
     return generator.generate(mol_or_smiles, n, seed=seed)

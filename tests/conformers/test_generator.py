@@ -16,7 +16,10 @@ from rdkit.Chem import AllChem, rdMolAlign
 import confdiff
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
+from confdiff.chem.embed import embed_etkdg
+from confdiff.chem.relax import relax_mmff
 from confdiff.conformers.generator import (
+    SEED_MMFF_ITERS,
     ConformerGenerator,
     GenerationError,
     load_model,
@@ -156,7 +159,8 @@ def test_input_atom_order_is_kept(generator):
 
 def test_conformer_properties(generator):
     mol = generator.generate("CCOc1ccccc1C(N)=O", n=4, seed=7)
-    assert [c.GetIntProp("conformer_index") for c in mol.GetConformers()] == [0, 1, 2, 3]
+    indices = [c.GetIntProp("conformer_index") for c in mol.GetConformers()]
+    assert len(indices) == 4 and indices == sorted(set(indices))  # the draws' indices; the gate may skip some
     assert {c.GetIntProp("seed") for c in mol.GetConformers()} == {7}
     assert mol.GetProp("_Name") == "CCOc1ccccc1C(N)=O"
 
@@ -186,6 +190,37 @@ def test_several_molecules_share_one_batch(model, monkeypatch):
     assert calls == [3]
     for pos, mol in zip(alone, together):
         np.testing.assert_allclose(pos, positions(mol), atol=1e-4)
+
+
+# --- seed structures -------------------------------------------------------------------------------
+
+def _bond_lengths(mol: Chem.Mol, conf_id: int) -> np.ndarray:
+    x = mol.GetConformer(conf_id).GetPositions()
+    return np.array([np.linalg.norm(x[b.GetBeginAtomIdx()] - x[b.GetEndAtomIdx()]) for b in mol.GetBonds()])
+
+
+@pytest.mark.parametrize("seed_relax", ["mmff", "none"])
+def test_seeds_are_mmff_minima_unless_asked_otherwise(model, seed_relax):
+    # the torsions mode keeps each seed's bond lengths exactly: conformer 0 shows seed 0's
+    smiles, seed = "CCCCOc1ccccc1C(=O)NC", 11
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, mode="torsions", seed_relax=seed_relax)
+    out = gen.generate(smiles, n=2, seed=seed)
+    embedded = embed_etkdg(Chem.MolFromSmiles(smiles), 1, seed=seed)
+    raw = _bond_lengths(embedded.mol, embedded.conf_ids[0])
+    relax_mmff(embedded.mol, list(embedded.conf_ids), max_iters=SEED_MMFF_ITERS)
+    minimised = _bond_lengths(embedded.mol, embedded.conf_ids[0])
+    assert np.abs(minimised - raw).max() > 1e-2
+    expected = minimised if seed_relax == "mmff" else raw
+    np.testing.assert_allclose(_bond_lengths(out, out.GetConformers()[0].GetId()), expected, atol=1e-4)
+
+
+def test_a_molecule_without_mmff_parameters_keeps_its_embedded_seeds(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS)
+    with pytest.warns(UserWarning, match="MMFF94 has no parameters.*seed structures are used as embedded"):
+        mol = gen.generate("OB(O)c1ccccc1", n=2, seed=0)
+    assert mol.GetNumConformers() == 2
+    with pytest.raises(ValueError, match="seed_relax must be one of"):
+        ConformerGenerator(model, device="cpu", seed_relax="uff")
 
 
 # --- relaxation and pruning ------------------------------------------------------------------------
