@@ -14,6 +14,8 @@ from the force field's minima), with the minimisation's CPU ms per conformer. ``
 does the same with MMFF94 minimised over the rotatable torsions alone (L-BFGS, the model's bond lengths,
 angles and rings kept), a candidate for a cheap final step of the sampler. ``--torsion-guidance-scale F``
 multiplies the torsion part of the physics guidance by ``F`` (the coordinate part stays), in this process.
+``--seed-relax none`` diffuses from the ETKDG seeds as embedded (the default before session 7) and
+``--seed-mmff-iters K`` changes the MMFF94 iterations of the seeds' minimisation, in this process.
 ``--torsion-score-scale F:T`` multiplies the model's torsion score by ``F`` at diffusion times below ``T``
 (sampling a sharper, "colder" torsion density late in the trajectory), in this process.
 """
@@ -53,12 +55,15 @@ def main() -> None:
     parser.add_argument("--torsion-mmff-iters", type=int, nargs="*", default=[], metavar="K")
     parser.add_argument("--torsion-guidance-scale", type=float, default=1.0, metavar="F")
     parser.add_argument("--torsion-score-scale", default=None, metavar="F:T")
+    parser.add_argument("--seed-relax", default="mmff", choices=generator_module.SEED_RELAX_METHODS)
+    parser.add_argument("--seed-mmff-iters", type=int, default=generator_module.SEED_MMFF_ITERS, metavar="K")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records, _ = evaluation.read_records(args.reference)
     molecules, _, _ = evaluation.select_molecules(records, {}, bioactive=False)
     if args.torsion_guidance_scale != 1.0:
         generator_module.physics_guidance = functools.partial(_torsion_scaled_guidance, args.torsion_guidance_scale)
+    generator_module.SEED_MMFF_ITERS = args.seed_mmff_iters
     if args.torsion_score_scale:
         factor, below = (float(v) for v in args.torsion_score_scale.split(":"))
         original = ConformerDiffusion.score_fn
@@ -68,7 +73,7 @@ def main() -> None:
         steps, sampler, grid, per_seed = setting.split(":")
         generator_module.time_grid = functools.partial(samplers.time_grid, kind=grid)
         gen = generator_module.ConformerGenerator(args.model, steps=int(steps), sampler=sampler,
-                                                  conformers_per_seed=int(per_seed))
+                                                  conformers_per_seed=int(per_seed), seed_relax=args.seed_relax)
         rows, cpu, written = [], 0.0, 0
         minimised = {("mmff_iters", k): ([], 0.0) for k in args.mmff_iters}
         minimised |= {("torsion_mmff_iters", k): ([], 0.0) for k in args.torsion_mmff_iters}
