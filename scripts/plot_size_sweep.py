@@ -74,7 +74,7 @@ def plot(points: list[SweepPoint], teacher: tuple[float, float] | None, out: str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
     cost = [p.ms_per_conformer for p in points]
@@ -90,7 +90,7 @@ def plot(points: list[SweepPoint], teacher: tuple[float, float] | None, out: str
             ax.annotate(f"{p.name} ({p.parameters:,})", (p.ms_per_conformer, getattr(p, default)), fontsize=8,
                         textcoords="offset points", xytext=(4, 4))
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xticks(cost, [f"{c:.0f}" for c in cost])  # one tick per model
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("CPU ms per conformer (one thread)")
         ax.set_ylabel(label)
