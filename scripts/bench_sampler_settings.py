@@ -96,16 +96,16 @@ def main() -> None:
             _report(args.seed, setting, k_rows, 1000 * k_cpu / written, **{kind: k})
 
 
+def _scale_torsions(sde, v, factor: float):
+    """The state-space vector ``v`` of ``sde`` with its torsion part times ``factor`` (coordinates kept)."""
+    return sde.space.join([p if isinstance(space, ZeroCoM) else factor * p
+                           for space, p in zip(sde.space.spaces, sde.space.split(v))])
+
+
 def _torsion_scaled_guidance(factor: float, score_fn, sde, *args, **kwargs):
     """``physics.physics_guidance`` with its torsion part times ``factor``."""
     guidance = physics.physics_guidance(lambda y, t: torch.zeros_like(y), sde, *args, **kwargs)
-
-    def guided(y, t):
-        parts = [p if isinstance(space, ZeroCoM) else factor * p
-                 for space, p in zip(sde.space.spaces, sde.space.split(guidance(y, t)))]
-        return score_fn(y, t) + sde.space.join(parts)
-
-    return guided
+    return lambda y, t: score_fn(y, t) + _scale_torsions(sde, guidance(y, t), factor)
 
 
 def _cold_torsions(factor: float, below: float, score_fn, sde):
@@ -113,10 +113,7 @@ def _cold_torsions(factor: float, below: float, score_fn, sde):
 
     def scaled(y, t):
         score = score_fn(y, t)
-        if float(t.max()) >= below:
-            return score
-        return sde.space.join([p if isinstance(space, ZeroCoM) else factor * p
-                               for space, p in zip(sde.space.spaces, sde.space.split(score))])
+        return score if float(t.max()) >= below else _scale_torsions(sde, score, factor)
 
     return scaled
 
