@@ -8,9 +8,10 @@
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
 the ratio of CPU time per conformer. The confdiff child also splits its CPU time into the pipeline's
-stages (ETKDG seeds, their MMFF94 minimisation, featurisation, stereo checks, Batch construction, score model, torsion
-application, the validity gate, the physics guidance, the rest of the sampler and the assembly of
-the result). ``--threads`` sets the confdiff child's ``num_threads`` (0: torch's default, all cores);
+stages (ETKDG seeds, their MMFF94 minimisation, featurisation, stereo checks, Batch construction,
+score model, torsion application, the validity gate, the energies of the physics guidance and of
+the oversampled draws' ranking, the rest of the sampler and the assembly of the result).
+``--threads`` sets the confdiff child's ``num_threads`` (0: torch's default, all cores);
 ``--parallel P`` runs P confdiff children at once, as a user who parallelises over processes does.
 Without ``--model`` the shipped checkpoint is used, or, while there is none, a randomly initialised
 ScoreModel of the default configuration (the same cost as a trained one).
@@ -102,7 +103,7 @@ def run_confdiff(args) -> dict:
     per_seed = {"conformers_per_seed": args.large_conformers_per_seed} if large else {}  # else the default
     generator = conformers.ConformerGenerator(
         model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size, num_threads=args.threads or None,
-        **per_seed)
+        oversample=args.oversample, **per_seed)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
@@ -120,10 +121,10 @@ def run_confdiff(args) -> dict:
         (diffusion_module, "apply_torsion_changes", "torsion application"),
         (conformers.ValidityChecker, "from_mol", "validity gate"),
         (conformers.ValidityChecker, "check", "validity gate"),
-        (physics.MMFFPotential, "from_mol", "physics guidance"),
-        (physics.MMFFPotential, "energy_and_grad", "physics guidance"),
-        (physics.RepulsionPotential, "from_mol", "physics guidance"),
-        (physics.RepulsionPotential, "energy_and_grad", "physics guidance"),
+        (physics.MMFFPotential, "from_mol", "physics (guidance, ranking)"),
+        (physics.MMFFPotential, "energy_and_grad", "physics (guidance, ranking)"),
+        (physics.RepulsionPotential, "from_mol", "physics (guidance, ranking)"),
+        (physics.RepulsionPotential, "energy_and_grad", "physics (guidance, ranking)"),
     ]
     for owner, name, stage in hooks:
         fn = getattr(owner, name)
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50, help="conformers per molecule")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
+    parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
     parser.add_argument("--large", action="store_true",
                         help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")

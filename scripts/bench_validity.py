@@ -102,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.process_time()
             try:
                 if method in evaluation.CONFDIFF_METHODS and options:
-                    mode, relax, seed_relax = evaluation.CONFDIFF_METHODS[method]
-                    out = evaluation.generate_confdiff(template, args.n, args.seed, mode=mode, relax=relax,
-                                                       seed_relax=seed_relax, **options)
+                    out = evaluation.generate_confdiff(template, args.n, args.seed,
+                                                       **{**evaluation.CONFDIFF_METHODS[method], **options})
                 else:
                     out = evaluation.generate_method(method, template, args.n, args.seed)
             except Exception as exc:  # noqa: BLE001 -- a failed molecule is reported, the others go on

@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python scripts/record_golden_values.py --only refine torsions
 
 Computes exactly what ``tests/test_shipped_weights.py`` checks, with the molecule, ``n`` and seed
-already in the file: a fixed seed's conformers per mode (no gate, no guidance), the exact
+already in the file: a fixed seed's conformers per mode (no gate, no guidance, no ranking), the exact
 log-likelihood of the recorded conformer in the refine and full modes, and the U-Net's bits/dim of
 two test digits. ``--only`` rewrites the keys of the named parts (``refine``, ``torsions``, ``full``,
 ``digits``) and keeps the rest. Run it after a deliberate change of the weights or the numerics and
@@ -40,7 +40,8 @@ def main() -> None:
             levels = load_dataset("digits", "test").levels[: len(golden["digits_bpd"])]
             golden["digits_bpd"] = pf_ode_bits_per_dim(ImageModel.from_checkpoint(), levels, seed=0).tolist()
             continue
-        generator = ConformerGenerator(None, device="cpu", mode=part, validity_gate=False, guidance="none")
+        generator = ConformerGenerator(None, device="cpu", mode=part, validity_gate=False, guidance="none",
+                                       oversample=1)
         mol = generator.generate(golden["smiles"], golden["n"], seed=golden["seed"])
         golden[f"generate_{part}"] = {
             "conformer_index": [c.GetIntProp("conformer_index") for c in mol.GetConformers()],

@@ -2,7 +2,8 @@
 
 ``select_conformers`` is the one implementation of that pipeline: ``build_ensemble`` (the training
 ensembles of ``confdiff dataset build``) and the conformer generator's ``relax`` / ``prune_rms``
-options both run it. ``prune_conformers`` is the one greedy RMSD pruning of the package.
+options both run it. ``prune_conformers`` is the one greedy RMSD pruning of the package, and
+``farthest_point_conformers`` its one diversity selection.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "Selection",
     "boltzmann_weights",
     "build_ensemble",
+    "farthest_point_conformers",
+    "farthest_points",
     "prune_conformers",
     "select_conformers",
     "subset_conformers",
@@ -140,6 +143,30 @@ def prune_conformers(mol: Chem.Mol, threshold: float, conf_ids: Sequence[int] | 
         if not any(rms[j, i] <= threshold and abs(e[i] - e[j]) < energy_tol for j in kept):
             kept.append(i)
     return [ids[i] for i in kept]
+
+
+def farthest_points(rmsd: np.ndarray, n: int) -> list[int]:
+    """``n`` indices of the square distance matrix ``rmsd (L, L)`` by farthest-point selection, in
+    selection order: index 0 first, then repeatedly the one farthest from its nearest selected
+    (ties: the lower index)."""
+    kept = [0]
+    nearest = rmsd[0].copy()
+    while len(kept) < min(n, len(rmsd)):
+        k = int(np.argmax(nearest))
+        kept.append(k)
+        nearest = np.minimum(nearest, rmsd[k])
+    return kept
+
+
+def farthest_point_conformers(mol: Chem.Mol, n: int, conf_ids: Sequence[int] | None = None) -> list[int]:
+    """``n`` of ``conf_ids`` (all conformers when None) by ``farthest_points`` on their heavy-atom
+    symmetry-aware RMSD (``chem.metrics.rmsd_matrix``), in selection order. Callers pass the
+    conformers in increasing energy, so the selection starts at the lowest."""
+    ids = [c.GetId() for c in mol.GetConformers()] if conf_ids is None else list(conf_ids)
+    if n >= len(ids):
+        return ids
+    sub = subset_conformers(mol, ids)
+    return [ids[k] for k in farthest_points(rmsd_matrix(sub, sub), n)]
 
 
 @dataclass(frozen=True)

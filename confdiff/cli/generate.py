@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-relax", default="mmff", choices=("mmff", "none"),
                         help="minimise the ETKDG seed structures with MMFF94 before the diffusion (mmff, default; "
                              "the geometry the model was trained on) or use them as embedded (none)")
+    parser.add_argument("--oversample", type=float, default=None, metavar="F",
+                        help="draw F times the conformers asked for and keep n of them by --select (default 2; "
+                             "1: the first usable draws)")
+    parser.add_argument("--select", default="diverse", choices=("diverse", "energy"),
+                        help="which oversampled draws to keep: diverse (farthest-point in RMSD among the lowest "
+                             "75%% in MMFF94 energy as sampled; default) or energy (the lowest)")
     parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
                         help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
     parser.add_argument("--prune", type=float, default=None, metavar="RMSD",
@@ -325,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
             num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
+            oversample=args.oversample, selection=args.select,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

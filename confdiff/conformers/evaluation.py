@@ -134,32 +134,26 @@ def generate_teacher(mol: Chem.Mol, num_confs: int, seed: int) -> Chem.Mol:
 
 
 @functools.cache
-def _confdiff_generator(model: str | None, mode: str, relax: str | None, guidance: str | None = None,
-                        guidance_scale: float | None = None, steps: int | None = None, seed_relax: str = "mmff"):
+def _confdiff_generator(model: str | None, options: tuple[tuple[str, object], ...]):
     try:
         from ..conformers.generator import ConformerGenerator
     except ImportError as exc:
         raise MethodUnavailable(f"confdiff.ConformerGenerator is not importable: {exc}") from exc
     try:
-        return ConformerGenerator(model, mode=mode, relax=relax, guidance=guidance, guidance_scale=guidance_scale,
-                                  steps=steps, seed_relax=seed_relax)
+        return ConformerGenerator(model, **dict(options))
     except (FileNotFoundError, ValueError) as exc:
         raise MethodUnavailable(str(exc)) from exc
 
 
-def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None,
-                      mode: str = "refine", relax: str | None = None, guidance: str | None = None,
-                      guidance_scale: float | None = None, steps: int | None = None,
-                      seed_relax: str = "mmff") -> Chem.Mol:
-    """The package's diffusion model (the shipped checkpoint when ``model`` is None, loaded once per
-    process) in ``mode``; ``relax="mmff"`` / ``"gfn2"`` minimises every conformer afterwards (as
-    torsional diffusion's "+ relaxation" rows); ``guidance`` / ``guidance_scale``: physics guidance
-    (None: the mode's default); ``steps``: reverse-diffusion steps (None: the mode's default);
-    ``seed_relax``: ``ConformerGenerator``'s treatment of the ETKDG seeds."""
-    if relax == "gfn2":
-        return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, mode=mode, guidance=guidance,
-                                             guidance_scale=guidance_scale, steps=steps, seed_relax=seed_relax))
-    generator = _confdiff_generator(model, mode, relax, guidance, guidance_scale, steps, seed_relax)
+def generate_confdiff(mol: Chem.Mol, num_confs: int, seed: int, *, model: str | None = None, **options) -> Chem.Mol:
+    """The package's diffusion model (the shipped checkpoint when ``model`` is None; one generator per
+    process and options); ``options``: ``ConformerGenerator``'s keyword arguments (None: its default),
+    e.g. ``mode``, ``guidance``, ``steps``, ``oversample``; ``relax="gfn2"`` minimises every
+    conformer with GFN2-xTB afterwards (as torsional diffusion's "+ relaxation" rows)."""
+    options = {key: value for key, value in options.items() if value is not None}
+    if options.get("relax") == "gfn2":
+        return _relax_gfn2(generate_confdiff(mol, num_confs, seed, model=model, **{**options, "relax": None}))
+    generator = _confdiff_generator(model, tuple(sorted(options.items())))
     return generator.generate(mol, num_confs, seed=seed)
 
 
@@ -169,16 +163,20 @@ METHODS: dict[str, Generator] = {
     "etkdg-gfn2": generate_etkdg_gfn2,
     "teacher": generate_teacher,
 }
-#: the diffusion model's methods: name -> (mode, relaxation, seed relaxation); they take ``--model``.
-#: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded (the default before session 7).
-CONFDIFF_METHODS: dict[str, tuple[str, str | None, str]] = {
-    "confdiff": ("refine", None, "mmff"),
-    "confdiff-mmff": ("refine", "mmff", "mmff"),
-    "confdiff-gfn2": ("refine", "gfn2", "mmff"),
-    "confdiff-etkdg-seeds": ("refine", None, "none"),
-    "confdiff-torsions": ("torsions", None, "mmff"),
-    "confdiff-full": ("full", None, "mmff"),
-    "confdiff-full-mmff": ("full", "mmff", "mmff"),
+#: the diffusion model's methods: name -> ``ConformerGenerator`` options; they take ``--model``.
+#: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded (the default before session 7);
+#: ``confdiff-first`` keeps the first usable draws, without oversampling (before session 8);
+#: ``confdiff-lowest`` keeps the lowest in energy of 1.5 x draws, MMFF94 guidance at 1 (session 8's first rule).
+CONFDIFF_METHODS: dict[str, dict[str, object]] = {
+    "confdiff": {},
+    "confdiff-mmff": {"relax": "mmff"},
+    "confdiff-gfn2": {"relax": "gfn2"},
+    "confdiff-first": {"oversample": 1, "guidance_scale": 1.0},
+    "confdiff-lowest": {"oversample": 1.5, "selection": "energy", "guidance_scale": 1.0},
+    "confdiff-etkdg-seeds": {"seed_relax": "none", "oversample": 1, "guidance_scale": 1.0},
+    "confdiff-torsions": {"mode": "torsions"},
+    "confdiff-full": {"mode": "full"},
+    "confdiff-full-mmff": {"mode": "full", "relax": "mmff"},
 }
 
 
@@ -206,9 +204,9 @@ def generate_method(method: str, mol: Chem.Mol, num_confs: int, seed: int, model
     ``confdiff-full:repulsion:10``)."""
     name, guidance, scale = split_guidance(method)
     if name in CONFDIFF_METHODS:
-        mode, relax, seed_relax = CONFDIFF_METHODS[name]
-        return generate_confdiff(mol, num_confs, seed, model=model, mode=mode, relax=relax, guidance=guidance,
-                                 guidance_scale=scale, steps=steps, seed_relax=seed_relax)
+        asked = {"guidance": guidance, "guidance_scale": scale, "steps": steps}  # None: the method's or the default
+        options = {**CONFDIFF_METHODS[name], **{key: value for key, value in asked.items() if value is not None}}
+        return generate_confdiff(mol, num_confs, seed, model=model, **options)
     return METHODS[name](mol, num_confs, seed)
 
 

@@ -16,12 +16,22 @@ from the prior. ``FULL_MODE_DRAWS * n`` conformers are drawn; one whose specifie
 are all inverted is mirrored (a reflection inverts every tetrahedral centre and keeps double
 bonds), one with some, but not all, inverted is not used.
 
+Oversampling (``oversample``, default ``DEFAULT_OVERSAMPLE``): the first round makes
+``ceil(oversample * n)`` draws (from as many more seeds), and ``n`` of the usable ones are kept, in
+draw order, chosen by their MMFF94 energy as sampled (no minimisation; the repulsion term for a
+molecule without MMFF94 parameters): ``selection="diverse"`` (default) keeps the lowest
+``DIVERSE_FRACTION`` in energy and selects ``n`` of them by farthest-point selection in heavy-atom
+RMSD, from the lowest (``chem.ensembles.farthest_point_conformers``); ``"energy"`` keeps the ``n``
+lowest. This is the teacher's energy window and pruning at the sampler's level: the draws that the
+model placed in strained regions go, and near-duplicates give way to distinct conformers
+(``docs/benchmarks.md``, "Oversampling ranked by MMFF94 energy").
+
 The validity gate (``validity_gate=True``, the default): every conformer is checked by
 :class:`confdiff.chem.validity.ValidityChecker` (PoseBusters' geometry checks and the input's
-stereochemistry); a draw that fails is not used, and more draws ``n, n + 1, ...`` are made in
-rounds until ``n`` pass or ``GATE_MAX_DRAWS * n`` were drawn. The first ``n`` usable draws are kept
-(``conformer_index`` is the draw's index); a molecule with fewer gets a warning that names the
-checks that failed. ``GenerationResult.rejected_draws`` counts the draws that were not used.
+stereochemistry); a draw that fails is not used, and more draws are made in rounds until ``n``
+pass or ``GATE_MAX_DRAWS * n`` were drawn (``conformer_index`` is the draw's index); a molecule
+with fewer gets a warning that names the checks that failed. ``GenerationResult.rejected_draws``
+counts the draws that failed (draws ranked out by oversampling are not counted).
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from torch_geometric.data import Batch
 from ..chem.embed import EmbeddingError, embed_etkdg
 from ..chem.featurize import FeaturizationError, MolGraph, featurize
 from ..chem.io import MoleculeRejected, check_molecule, mol_name
-from ..chem.ensembles import EnsembleError, select_conformers
+from ..chem.ensembles import EnsembleError, farthest_point_conformers, select_conformers
 from ..chem.relax import RelaxationError, relax_mmff
 from ..chem.stereo import StereoCheck
 from ..chem.validity import ValidityChecker, ValidityError
@@ -59,6 +69,7 @@ from ..nn.score_model import ScoreModel, ScoreModelConfig
 __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_MODEL",
+    "DEFAULT_OVERSAMPLE",
     "DEFAULT_STEPS",
     "MODES",
     "RELAX_METHODS",
@@ -79,6 +90,9 @@ SEED_MMFF_ITERS = 500  # MMFF94 iterations per seed structure (converged for dru
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 FULL_MODE_DRAWS = 2  # the full mode's first round draws this many conformers per one asked for
 GATE_MAX_DRAWS = 4  # the validity gate draws at most this many conformers per one asked for
+DEFAULT_OVERSAMPLE = 2.0  # first-round draws per conformer asked for
+SELECTIONS = ("diverse", "energy")  # how n of the oversampled draws are chosen
+DIVERSE_FRACTION = 0.75  # "diverse" selects among this share of the usable draws, the lowest in energy
 
 
 class GenerationError(RuntimeError):
@@ -222,6 +236,7 @@ class _Job:
     validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
     potential: Potential | None = None  # the guidance potential, None without guidance
+    ranking: Potential | None = None  # the energy that ranks oversampled draws, None without oversampling
 
     @property
     def num_atoms(self) -> int:
@@ -255,6 +270,11 @@ class ConformerGenerator:
         more threads gain little, and processes that generate side by side would oversubscribe the cores.
     validity_gate : only conformers that pass the validity checks are returned; failing draws are
         replaced by new ones (see the module docstring).
+    oversample : draws per conformer asked for (>= 1; None: ``DEFAULT_OVERSAMPLE``); ``n`` of the
+        usable draws are returned, chosen by ``selection`` (see the module docstring). 1 returns the
+        first ``n`` usable draws.
+    selection : ``"diverse"`` (default: farthest-point in RMSD among the lowest ``DIVERSE_FRACTION``
+        in MMFF94 energy) or ``"energy"`` (the ``n`` lowest).
     mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
         ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
         (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
@@ -281,11 +301,14 @@ class ConformerGenerator:
         num_workers: int = 1,
         num_threads: int | None = 1,
         validity_gate: bool = True,
+        oversample: float | None = None,
+        selection: str = "diverse",
         mode: str = "refine",
         guidance: str | None = None,
         guidance_scale: float | None = None,
     ):
         steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
+        oversample = DEFAULT_OVERSAMPLE if oversample is None else oversample
         default_guidance, default_scale = DEFAULT_GUIDANCE.get(mode, ("none", 0.0))
         guidance = default_guidance if guidance is None else guidance
         if guidance not in GUIDANCE_CHOICES:
@@ -312,6 +335,10 @@ class ConformerGenerator:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {num_threads}")
+        if not oversample >= 1:
+            raise ValueError(f"oversample must be >= 1, got {oversample}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         self.device = _resolve_device(device)
         if isinstance(model, tuple):
             self.model, self.diffusion = model
@@ -330,6 +357,8 @@ class ConformerGenerator:
         self.num_workers = num_workers
         self.num_threads = num_threads
         self.validity_gate = validity_gate
+        self.oversample = oversample
+        self.selection = selection
         self.guidance = guidance
         # lambda(t), zero at high noise (raises ValueError for a negative scale)
         scale = default_scale if guidance_scale is None else guidance_scale
@@ -373,15 +402,19 @@ class ConformerGenerator:
                 pack.append(_failure(index, name, err))
                 continue
             pack.append(job)
-            atoms += job.num_atoms * n
+            atoms += job.num_atoms * self._first_draws(n)
             if atoms >= self.max_atoms_per_batch:
                 yield from self._run(pack, n, seed)
                 pack, atoms = [], 0
         yield from self._run(pack, n, seed)
 
     # --- stages -------------------------------------------------------------------------------------
+    def _first_draws(self, n: int) -> int:
+        """Draws of the first round for ``n`` conformers."""
+        return math.ceil(self.oversample * n - 1e-9) * (FULL_MODE_DRAWS if self.mode.full else 1)  # 1.1 * 10 -> 11
+
     def _prepare(self, index: int, item: Chem.Mol | str, n: int, seed: int) -> _Job:
-        """Parse, check, embed the ETKDG seeds of conformers ``0..n-1`` and featurise one molecule."""
+        """Parse, check, embed the ETKDG seeds of the first round's draws and featurise one molecule."""
         mol, notes = _parse(item)
         name = mol_name(mol)
         mol = Chem.AddHs(mol)  # hydrogens appended: the input's atoms keep their indices
@@ -397,12 +430,12 @@ class ConformerGenerator:
                 validity = ValidityChecker.from_mol(mol)
             except ValidityError as err:
                 raise GenerationError(name, f"the validity checks cannot be prepared: {err}") from None
-        potential = self._potential(mol, notes)
+        potential, ranking = self._potentials(mol, notes)
         if self.mode.full:
             zero = np.zeros((1, mol.GetNumAtoms(), 3))
             return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
-                        _bond_lengths(zero, graph), check, validity, notes, potential)
-        num_seeds = -(-n // self.conformers_per_seed)
+                        _bond_lengths(zero, graph), check, validity, notes, potential, ranking)
+        num_seeds = -(-self._first_draws(n) // self.conformers_per_seed)
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
             notes.append(f"ETKDG failed; seed structures from {embedded.method}")
@@ -422,23 +455,27 @@ class ConformerGenerator:
             notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
                          "configuration, so the ensemble mixes stereoisomers")
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
-                    _bond_lengths(seeds, graph), check, validity, notes, potential)
+                    _bond_lengths(seeds, graph), check, validity, notes, potential, ranking)
 
-    def _potential(self, mol: Chem.Mol, notes: list[str]):
-        """The guidance potential of ``mol`` (None without guidance); MMFF94 falls back to the repulsion term."""
-        if self.guidance == "none" or self.guidance_schedule.scale == 0:
-            return None
-        try:
-            return make_potential(self.guidance, mol)
-        except ValueError as err:
-            notes.append(f"{err}: guided by the repulsion term instead")
-            return make_potential("repulsion", mol)
+    def _potentials(self, mol: Chem.Mol, notes: list[str]) -> tuple[Potential | None, Potential | None]:
+        """The guidance potential of ``mol`` (None without guidance) and the energy that ranks
+        oversampled draws (None without oversampling). MMFF94 falls back to the repulsion term."""
+        guided = self.guidance != "none" and self.guidance_schedule.scale != 0
+        mmff = None
+        if (guided and self.guidance == "mmff") or self.oversample > 1:
+            try:
+                mmff = make_potential("mmff", mol)
+            except ValueError as err:
+                notes.append(f"{err}: the repulsion term stands in for it")
+                mmff = make_potential("repulsion", mol)
+        potential = None if not guided else mmff if self.guidance == "mmff" else make_potential(self.guidance, mol)
+        return potential, mmff if self.oversample > 1 else None
 
     def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
         """Sample the jobs of ``pack`` together, in rounds until each has ``n`` usable draws or its
         ``GATE_MAX_DRAWS * n`` draws are spent, and yield every result of the pack in order."""
         jobs = [item for item in pack if isinstance(item, _Job)]
-        first = FULL_MODE_DRAWS * n if self.mode.full else n
+        first = self._first_draws(n)
         draws = {id(job): first for job in jobs}
         usable: dict[int, dict[int, np.ndarray]] = {id(job): {} for job in jobs}  # {draw index: (N, 3)}
         failed: dict[int, dict[str, int]] = {id(job): {} for job in jobs}  # {check: draws failing it}
@@ -560,11 +597,13 @@ class ConformerGenerator:
 
     def _finish(self, job: _Job, usable: dict[int, np.ndarray], draws: int, failed: dict[str, int], seed: int,
                 n: int) -> GenerationResult:
-        """The first ``n`` usable draws, relaxed, windowed and pruned as asked, as one ``Mol``."""
+        """``n`` usable draws (chosen by ``selection`` when oversampling, else the first), relaxed,
+        windowed and pruned as asked, as one ``Mol``."""
         notes = list(job.warnings)
         if not usable:
             raise GenerationError(job.name, f"none of {draws} draws was usable ({_failed_checks(failed)})")
-        used = sorted(usable)[:n]
+        used = sorted(usable)
+        used = self._choose(job, usable, used, n) if job.ranking is not None and len(used) > n else used[:n]
         if len(used) < n:
             notes.append(f"only {len(used)} of {draws} draws were usable ({_failed_checks(failed)}): "
                          f"{len(used)} conformers instead of {n}")
@@ -580,6 +619,20 @@ class ConformerGenerator:
         out.SetProp("_Name", job.name)
         return GenerationResult(job.index, job.name, out, None, notes, rejected_draws=draws - len(usable),
                                 num_draws=draws)
+
+    def _choose(self, job: _Job, usable: dict[int, np.ndarray], used: list[int], n: int) -> list[int]:
+        """``n`` of the usable draws ``used`` (sorted draw indices), chosen by ``selection`` from their energies."""
+        pos = np.stack([usable[i] for i in used])
+        order = np.argsort(job.ranking.energy_and_grad(torch.from_numpy(pos).double())[0].numpy(), kind="stable")
+        if self.selection == "energy":
+            return sorted(used[k] for k in order[:n])
+        candidates = order[: max(n, int(DIVERSE_FRACTION * len(order)))]
+        mol = Chem.Mol(job.mol)
+        for k in candidates:
+            conf = Chem.Conformer(mol.GetNumAtoms())
+            conf.SetPositions(pos[k].astype(np.float64))
+            mol.AddConformer(conf, assignId=True)  # ids 0, 1, ... in increasing energy
+        return sorted(used[candidates[c]] for c in farthest_point_conformers(mol, n))
 
     def _select(self, mol: Chem.Mol, notes: list[str]) -> None:
         """Relaxation, stereo check, energy window and pruning (``chem.ensembles.select_conformers``), in
@@ -664,6 +717,8 @@ def generate(
     guidance_scale: float | None = None,
     num_threads: int | None = 1,
     seed_relax: str = "mmff",
+    oversample: float | None = None,
+    selection: str = "diverse",
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -677,5 +732,6 @@ def generate(
     loaded = _cached_model(None if model is None else str(model), str(device), mode)
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
-                                   num_threads=num_threads, seed_relax=seed_relax)
+                                   num_threads=num_threads, seed_relax=seed_relax, oversample=oversample,
+                                   selection=selection)
     return generator.generate(mol_or_smiles, n, seed=seed)

@@ -71,8 +71,9 @@ __all__ = [
 GUIDANCE_CHOICES = ("none", "repulsion", "mmff")
 KT_298 = 0.0019872043 * 298.15  # kcal/mol: Boltzmann's constant (kcal/mol/K) times 298.15 K
 #: per mode, ``(potential, scale)`` when the user names neither: refine from PoseBusters validity and micro-set
-#: COV/MAT (MMFF94 at 1 kept recall, repulsion at 3 cost 0.06 COV-R); torsions by analogy; full from validity
-DEFAULT_GUIDANCE = {"refine": ("mmff", 1.0), "torsions": ("mmff", 1.0), "full": ("repulsion", 10.0)}
+#: and DRUGS COV/MAT together with the generator's diverse selection of oversampled draws (MMFF94 at 3; at 1
+#: before session 8); torsions as refine was before; full from validity
+DEFAULT_GUIDANCE = {"refine": ("mmff", 3.0), "torsions": ("mmff", 1.0), "full": ("repulsion", 10.0)}
 #: per mode, ``(t_start, t_full)`` of :class:`GuidanceSchedule`
 GUIDANCE_WINDOWS = {"refine": (0.7, 0.4), "torsions": (0.7, 0.4), "full": (0.8, 0.5)}
 #: cap of each atom's / torsion's guidance term, in units of ``1 / sigma`` of its part

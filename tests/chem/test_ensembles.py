@@ -5,7 +5,8 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from confdiff.chem.ensembles import EnsembleError, prune_conformers, select_conformers
+from confdiff.chem.ensembles import (EnsembleError, farthest_point_conformers, farthest_points, prune_conformers,
+                                     select_conformers)
 from confdiff.chem.metrics import rmsd_matrix
 
 
@@ -36,6 +37,24 @@ def test_pruning_is_greedy_in_the_given_order_and_drops_within_the_threshold():
     kept = prune_conformers(mol, tie, [0, 1])
     assert kept == [0]  # RMSD equal to the threshold counts as a duplicate
     assert prune_conformers(mol, 0.0, ids) == ids
+
+
+def test_farthest_points_start_at_the_first_and_spread():
+    x = np.array([0.0, 0.25, 1.0, 1.5, 5.0])  # points on a line: the distance is the RMSD
+    rmsd = np.abs(x[:, None] - x[None])
+    assert farthest_points(rmsd, 3) == [0, 4, 3]
+    assert farthest_points(rmsd, 9) == [0, 4, 3, 2, 1]  # at most every point, each once
+
+
+def test_farthest_point_conformers_skip_copies_and_keep_the_given_first():
+    mol = _with_copies(_conformers("CCCCCC(=O)NCCO", 4), {10: 1})  # 10 is a translated copy of 1
+    rms = rmsd_matrix(mol, mol)
+    ids = [10, 0, 1, 2, 3]
+    chosen = farthest_point_conformers(mol, 4, ids)
+    assert chosen[0] == 10 and 1 not in chosen  # the copy of the first is never farther than the others
+    expected = [ids[k] for k in farthest_points(rms[np.ix_([4, 0, 1, 2, 3], [4, 0, 1, 2, 3])], 4)]
+    assert chosen == expected
+    assert farthest_point_conformers(mol, 9, ids) == ids
 
 
 def test_energy_tolerance_keeps_a_geometric_duplicate_of_another_energy():

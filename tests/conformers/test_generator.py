@@ -17,6 +17,7 @@ import confdiff
 from confdiff.chem.featurize import ATOM_FEATURE_DIM, BOND_FEATURE_DIM
 from confdiff.conformers.diffusion import ConformerDiffusion, ConformerDiffusionConfig
 from confdiff.chem.embed import embed_etkdg
+from confdiff.chem.ensembles import farthest_point_conformers
 from confdiff.chem.relax import relax_mmff
 from confdiff.conformers.generator import (
     SEED_MMFF_ITERS,
@@ -223,6 +224,58 @@ def test_a_molecule_without_mmff_parameters_keeps_its_embedded_seeds(model):
         ConformerGenerator(model, device="cpu", seed_relax="uff")
 
 
+# --- oversampling -----------------------------------------------------------------------------------
+
+def _mmff_energies(mol: Chem.Mol) -> dict[int, float]:
+    """MMFF94 energy of every conformer as it is, by ``conformer_index``."""
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    return {c.GetIntProp("conformer_index"): AllChem.MMFFGetMoleculeForceField(mol, props, confId=c.GetId()).CalcEnergy()
+            for c in mol.GetConformers()}
+
+
+def test_oversampling_keeps_the_draws_lowest_in_mmff_energy(model):
+    smiles = "CCCCOc1ccccc1C(=O)NC"
+    options = {"device": "cpu", "steps": STEPS, "validity_gate": False}  # every draw usable
+    every = ConformerGenerator(model, oversample=1, **options).generate(smiles, n=9, seed=3)
+    energies = _mmff_energies(every)
+    assert sorted(energies) == list(range(9))
+    ranked = ConformerGenerator(model, oversample=1.5, selection="energy", **options).generate(smiles, n=6, seed=3)
+    lowest = sorted(sorted(energies, key=energies.get)[:6])
+    assert [c.GetIntProp("conformer_index") for c in ranked.GetConformers()] == lowest  # in draw order
+    for conf in ranked.GetConformers():  # the same draws, unchanged
+        np.testing.assert_allclose(conf.GetPositions(),
+                                   every.GetConformer(conf.GetIntProp("conformer_index")).GetPositions(), atol=1e-6)
+    assert max(energies[i] for i in lowest) <= min(energies[i] for i in set(energies) - set(lowest))
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="oversample must be >= 1"):
+            ConformerGenerator(model, device="cpu", oversample=bad)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        ConformerGenerator(model, device="cpu", selection="random")
+
+
+def test_diverse_selection_is_farthest_point_among_the_lowest_in_energy(model):
+    smiles = "CCCCOc1ccccc1C(=O)NC"
+    options = {"device": "cpu", "steps": STEPS, "validity_gate": False}
+    every = ConformerGenerator(model, oversample=1, **options).generate(smiles, n=12, seed=4)
+    energies = _mmff_energies(every)
+    candidates = sorted(energies, key=energies.get)[:9]  # the lowest 75 % of the 12 draws
+    pool = Chem.Mol(every)
+    pool.RemoveAllConformers()
+    for i in candidates:
+        pool.AddConformer(Chem.Conformer(every.GetConformer(i)), assignId=True)
+    expected = sorted(candidates[k] for k in farthest_point_conformers(pool, 6))
+    chosen = ConformerGenerator(model, oversample=2, **options).generate(smiles, n=6, seed=4)  # selection="diverse"
+    assert [c.GetIntProp("conformer_index") for c in chosen.GetConformers()] == expected
+    assert candidates[0] in expected  # the lowest is always kept
+
+
+def test_oversampling_ranks_a_molecule_without_mmff_parameters_by_the_repulsion_term(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, guidance="none", oversample=2)
+    with pytest.warns(UserWarning, match="MMFF94 has no parameters.*the repulsion term stands in for it"):
+        mol = gen.generate("OB(O)c1ccccc1", n=3, seed=0)
+    assert mol.GetNumConformers() == 3
+
+
 # --- relaxation and pruning ------------------------------------------------------------------------
 
 def test_mmff_relaxation_energy_window_and_pruning(model):
@@ -305,7 +358,8 @@ def gaussian_oracle(smiles: str, s: float = 0.05) -> tuple[GaussianConformer, Co
 
 def full_generator(model, **options) -> ConformerGenerator:
     """A full-mode generator of an oracle, without physics guidance (the oracle's own samples)."""
-    return ConformerGenerator(model, **{"device": "cpu", "mode": "full", "steps": 50, "guidance": "none", **options})
+    return ConformerGenerator(model, **{"device": "cpu", "mode": "full", "steps": 50, "guidance": "none", "oversample": 1,
+                                        **options})
 
 
 def test_full_mode_samples_the_data_and_keeps_the_input_stereochemistry():

@@ -392,11 +392,12 @@ def heavy_clashes(mol: Chem.Mol, cutoff: float = 2.2) -> int:
 def test_generator_guidance_removes_clashes_and_keeps_seeds_reproducible():
     model = tiny_model()
     smiles = "CCCCCCCCCCCCCCCC(=O)OCC(O)CO"  # long and flexible: random torsions clash
-    # the sampler's own draws: without the validity gate, which would replace the clashing ones
-    plain = ConformerGenerator(model, device="cpu", steps=8, guidance="none", validity_gate=False).generate(
-        smiles, n=10, seed=0)
+    # the sampler's own draws: without the validity gate, which would replace the clashing ones, and
+    # without oversampling, whose choice of draws depends on n
+    plain = ConformerGenerator(model, device="cpu", steps=8, guidance="none", validity_gate=False,
+                               oversample=1).generate(smiles, n=10, seed=0)
     gen = ConformerGenerator(model, device="cpu", steps=8, guidance="repulsion", guidance_scale=3.0,
-                             validity_gate=False)
+                             validity_gate=False, oversample=1)
     guided = gen.generate(smiles, n=10, seed=0)
     assert guided.GetNumConformers() == 10
     assert heavy_clashes(guided) < heavy_clashes(plain)
@@ -404,7 +405,7 @@ def test_generator_guidance_removes_clashes_and_keeps_seeds_reproducible():
     # (1e-5 A without guidance), which the stiff guidance steps amplify: measured up to 3e-2 A
     again = gen.generate(smiles, n=4, seed=0)
     small = ConformerGenerator(model, device="cpu", steps=8, guidance="repulsion", guidance_scale=3.0,
-                               max_atoms_per_batch=150, validity_gate=False).generate(smiles, n=4, seed=0)
+                               max_atoms_per_batch=150, validity_gate=False, oversample=1).generate(smiles, n=4, seed=0)
     for other in (again, small):
         for i in range(4):
             np.testing.assert_allclose(other.GetConformer(i).GetPositions(), guided.GetConformer(i).GetPositions(),

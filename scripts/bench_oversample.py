@@ -1,0 +1,126 @@
+"""Which draws to keep: selection rules on a pool of raw draws, against a reference ensemble.
+
+For every molecule of the reference file (K conformers) the generator makes a pool of ``--pool``
+x 2K usable draws with ``oversample=1`` (its first usable draws, guidance and gate as configured)
+and keeps 2K of the first ``P`` x 2K of them for every pool factor ``P`` of ``--factors``, by each rule:
+
+- ``first``: the first 2K draws (``oversample=1``);
+- ``lowest:ENERGY``: the 2K lowest in ``ENERGY``, evaluated on the draws as sampled: ``mmff``
+  (MMFF94, the generator's ranking), ``mmff-noele`` (without electrostatics), ``mmff94s-noele``,
+  ``mmff-dd4`` (distance-dependent dielectric 4);
+- ``diverse:F``: farthest-point selection (heavy-atom RMSD, ``chem.ensembles.farthest_points``) among
+  the lowest fraction ``F`` in MMFF94 energy, starting from the lowest (the generator's
+  ``selection="diverse"`` at ``F = 0.75``).
+
+COV / MAT at ``--threshold`` are averaged over molecules, then over ``--seed``s; one JSON line per
+(factor, rule) goes to ``--jsonl``.
+
+    python scripts/bench_oversample.py ../shared/data/geom_drugs_micro/reference_crest.sdf.gz \\
+        --seed 61453 --seed 1 --seed 2 --pool 2 --factors 1.25 1.5 2 --jsonl docs/bench/micro_oversample_rules.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from rdkit import Chem
+from rdkit.Chem import rdForceFieldHelpers
+
+from confdiff.chem.ensembles import farthest_points
+from confdiff.chem.metrics import coverage_matching, rmsd_matrix
+from confdiff.conformers.evaluation import group_by_molecule, read_records
+from confdiff.conformers.generator import ConformerGenerator
+
+# name -> (MMFF variant, electrostatics, dielectric model: 1 constant, 2 distance-dependent, dielectric constant)
+ENERGIES = {"mmff": ("MMFF94", True, 1, 1.0), "mmff-noele": ("MMFF94", False, 1, 1.0),
+            "mmff94s-noele": ("MMFF94s", False, 1, 1.0), "mmff-dd4": ("MMFF94", True, 2, 4.0)}
+DIVERSE_FRACTIONS = (1.0, 0.75, 0.5)
+
+
+def energies(mol: Chem.Mol, name: str) -> np.ndarray:
+    """Single-point energy (kcal/mol) of every conformer of ``mol`` as it is; shape (L,), NaN without parameters."""
+    variant, electrostatics, model, dielectric = ENERGIES[name]
+    props = rdForceFieldHelpers.MMFFGetMoleculeProperties(mol, mmffVariant=variant)
+    if props is None:
+        return np.full(mol.GetNumConformers(), np.nan)
+    props.SetMMFFEleTerm(electrostatics)
+    props.SetMMFFDielectricModel(model)
+    props.SetMMFFDielectricConstant(dielectric)
+    return np.array([rdForceFieldHelpers.MMFFGetMoleculeForceField(mol, props, confId=c.GetId()).CalcEnergy()
+                     for c in mol.GetConformers()])
+
+
+def selections(pool: dict, n: int, factor: float) -> dict[str, list[int]]:
+    """Rule name -> the kept draws (indices into the pool) of the first ``factor * n`` pool draws."""
+    size = min(len(pool["mmff"]), int(round(factor * n)))
+    out = {"first": list(range(min(n, size)))}
+    for name in ENERGIES:
+        e = np.nan_to_num(pool[name][:size], nan=np.inf)
+        out[f"lowest:{name}"] = list(np.argsort(e, kind="stable")[:n])
+    order = list(np.argsort(np.nan_to_num(pool["mmff"][:size], nan=np.inf), kind="stable"))
+    for fraction in DIVERSE_FRACTIONS:
+        candidates = order[: max(n, int(fraction * size))]
+        chosen = farthest_points(pool["rmsd"][np.ix_(candidates, candidates)], n)
+        out[f"diverse:{fraction}"] = [candidates[k] for k in chosen]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("reference")
+    parser.add_argument("--seed", type=int, action="append", required=True)
+    parser.add_argument("--pool", type=float, default=2.0, help="pool size per conformer asked for (2)")
+    parser.add_argument("--factors", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    parser.add_argument("--guidance-scale", type=float, default=None, help="the generator's (default: its own)")
+    parser.add_argument("--conformers-per-seed", type=int, default=None, help="the generator's (default: its own)")
+    parser.add_argument("--threshold", type=float, default=0.75)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--jsonl", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    per_seed = {} if args.conformers_per_seed is None else {"conformers_per_seed": args.conformers_per_seed}
+    generator = ConformerGenerator(args.model, oversample=1, guidance_scale=args.guidance_scale, **per_seed)
+    molecules = group_by_molecule(read_records(args.reference)[0])
+    metrics: dict[tuple[float, str], list[np.ndarray]] = {}
+    for seed in args.seed:
+        per_seed: dict[tuple[float, str], list[list[float]]] = {}
+        for refs in molecules.values():
+            template = Chem.Mol(refs[0])
+            template.RemoveAllConformers()
+            n = 2 * len(refs)
+            start = time.process_time()
+            mol = generator.generate(template, int(round(args.pool * n)), seed=seed)
+            pool = {name: energies(mol, name) for name in ENERGIES}
+            pool["rmsd"] = rmsd_matrix(mol, mol)
+            to_refs = rmsd_matrix(list(refs), mol)
+            for factor in args.factors:
+                for rule, kept in selections(pool, n, factor).items():
+                    m = coverage_matching(to_refs[:, kept], args.threshold)
+                    per_seed.setdefault((factor, rule), []).append([m["cov_r"], m["mat_r"], m["cov_p"], m["mat_p"]])
+            print(f"seed {seed}: {len(refs)} references, {mol.GetNumConformers()} draws, "
+                  f"{time.process_time() - start:.1f} CPU s", flush=True)
+        for key, rows in per_seed.items():
+            metrics.setdefault(key, []).append(np.nanmean(np.array(rows), axis=0))
+    lines = []
+    for (factor, rule), seeds in metrics.items():
+        mean = np.mean(seeds, axis=0)
+        line = {"factor": factor, "rule": rule, "cov_r": mean[0], "mat_r": mean[1], "cov_p": mean[2], "mat_p": mean[3],
+                "cov_r_per_seed": [s[0] for s in seeds], "seeds": args.seed,
+                "guidance_scale": generator.guidance_schedule.scale,
+                "pool": args.pool, "conformers_per_seed": args.conformers_per_seed,
+                "reference": args.reference, "date": time.strftime("%Y-%m-%d")}
+        lines.append(line)
+        print(f"x{factor:<5} {rule:22s} COV-R {mean[0]:.3f} MAT-R {mean[1]:.3f} COV-P {mean[2]:.3f} MAT-P {mean[3]:.3f}"
+              f"  per seed COV-R {' '.join(f'{s[0]:.3f}' for s in seeds)}")
+    if args.jsonl:
+        with open(args.jsonl, "a") as f:
+            for line in lines:
+                f.write(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in line.items()}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""scripts/bench_oversample.py: the selection rules on a pool of draws."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_oversample", ROOT / "scripts" / "bench_oversample.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_oversample"] = bench
+spec.loader.exec_module(bench)
+
+
+def test_selections_rank_the_first_factor_times_n_draws():
+    energy = np.array([5.0, 1.0, 3.0, 0.0, 2.0, -1.0])
+    pool = {name: energy for name in bench.ENERGIES}
+    pool["rmsd"] = np.abs(np.arange(6.0)[:, None] - np.arange(6.0)[None])
+    kept = bench.selections(pool, n=2, factor=2.0)  # the first 4 draws
+    assert kept["first"] == [0, 1]
+    assert sorted(kept["lowest:mmff"]) == [1, 3]  # draw 5 (-1.0) lies outside the first 4
+    assert kept["diverse:1.0"] == [3, 0]  # from the lowest, then the farthest
+    assert sorted(bench.selections(pool, n=2, factor=3.0)["lowest:mmff"]) == [3, 5]
+
+
+def test_energies_are_single_points_of_each_variant():
+    mol = Chem.AddHs(Chem.MolFromSmiles("OCCO"))
+    AllChem.EmbedMultipleConfs(mol, 3, randomSeed=0)
+    full, no_electrostatics = bench.energies(mol, "mmff"), bench.energies(mol, "mmff-noele")
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    expected = [AllChem.MMFFGetMoleculeForceField(mol, props, confId=c.GetId()).CalcEnergy() for c in mol.GetConformers()]
+    np.testing.assert_allclose(full, expected)
+    assert full.shape == (3,) and not np.allclose(full, no_electrostatics)
+    boronic = Chem.AddHs(Chem.MolFromSmiles("OB(O)c1ccccc1"))  # no MMFF94 parameters
+    AllChem.EmbedMultipleConfs(boronic, 2, randomSeed=0)
+    assert np.isnan(bench.energies(boronic, "mmff")).tolist() == [True, True]
