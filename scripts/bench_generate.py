@@ -10,7 +10,8 @@ the same molecules, so its CPU time and peak resident memory are its own; the sc
 the ratio of CPU time per conformer. The confdiff child also splits its CPU time into the pipeline's
 stages (ETKDG seeds, their MMFF94 minimisation, featurisation, stereo checks, Batch construction,
 score model, torsion application, the validity gate, the energies of the physics guidance and of
-the oversampled draws' ranking, the rest of the sampler and the assembly of the result).
+the oversampled draws' ranking, the diverse selection's RMSD matrix, the rest of the sampler and the
+assembly of the result).
 ``--threads`` sets the confdiff child's ``num_threads`` (0: torch's default, all cores);
 ``--parallel P`` runs P confdiff children at once, as a user who parallelises over processes does.
 Without ``--model`` the shipped checkpoint is used, or, while there is none, a randomly initialised
@@ -125,6 +126,7 @@ def run_confdiff(args) -> dict:
         (physics.MMFFPotential, "energy_and_grad", "physics (guidance, ranking)"),
         (physics.RepulsionPotential, "from_mol", "physics (guidance, ranking)"),
         (physics.RepulsionPotential, "energy_and_grad", "physics (guidance, ranking)"),
+        (conformers, "farthest_point_conformers", "diverse selection (RMSD)"),
     ]
     for owner, name, stage in hooks:
         fn = getattr(owner, name)

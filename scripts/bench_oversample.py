@@ -30,7 +30,7 @@ import torch
 from rdkit import Chem
 from rdkit.Chem import rdForceFieldHelpers
 
-from confdiff.chem.ensembles import farthest_points
+from confdiff.chem.ensembles import SELECTION_MAX_MATCHES, farthest_points
 from confdiff.chem.metrics import coverage_matching, rmsd_matrix
 from confdiff.conformers.evaluation import group_by_molecule, read_records
 from confdiff.conformers.generator import ConformerGenerator
@@ -95,7 +95,7 @@ def main() -> None:
             start = time.process_time()
             mol = generator.generate(template, int(round(args.pool * n)), seed=seed)
             pool = {name: energies(mol, name) for name in ENERGIES}
-            pool["rmsd"] = rmsd_matrix(mol, mol)
+            pool["rmsd"] = rmsd_matrix(mol, mol, max_matches=SELECTION_MAX_MATCHES)  # as the generator
             to_refs = rmsd_matrix(list(refs), mol)
             for factor in args.factors:
                 for rule, kept in selections(pool, n, factor).items():

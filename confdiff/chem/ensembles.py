@@ -24,6 +24,7 @@ from .stereo import StereoCheck, fix_stereo
 __all__ = [
     "BOLTZMANN_KCAL",
     "RELAX_METHODS",
+    "SELECTION_MAX_MATCHES",
     "BuildConfig",
     "Ensemble",
     "EnsembleError",
@@ -39,6 +40,9 @@ __all__ = [
 
 BOLTZMANN_KCAL = 0.0019872042586  # kcal/(mol K): the molar gas constant R, the package's one k_B
 RELAX_METHODS = ("mmff", "gfnff", "gfn2")
+#: symmetry matches the diversity selection tries: the RMSD matrix among L conformers costs M L^2
+#: alignments, and a ligand can have 10^6 matches; the GEOM-DRUGS test molecules have at most 24
+SELECTION_MAX_MATCHES = 32
 
 
 class EnsembleError(RuntimeError):
@@ -160,13 +164,14 @@ def farthest_points(rmsd: np.ndarray, n: int) -> list[int]:
 
 def farthest_point_conformers(mol: Chem.Mol, n: int, conf_ids: Sequence[int] | None = None) -> list[int]:
     """``n`` of ``conf_ids`` (all conformers when None) by ``farthest_points`` on their heavy-atom
-    symmetry-aware RMSD (``chem.metrics.rmsd_matrix``), in selection order. Callers pass the
-    conformers in increasing energy, so the selection starts at the lowest."""
+    symmetry-aware RMSD (``chem.metrics.rmsd_matrix`` with at most ``SELECTION_MAX_MATCHES`` symmetry
+    matches, which bounds the cost for very symmetric molecules), in selection order. Callers pass
+    the conformers in increasing energy, so the selection starts at the lowest."""
     ids = [c.GetId() for c in mol.GetConformers()] if conf_ids is None else list(conf_ids)
     if n >= len(ids):
         return ids
     sub = subset_conformers(mol, ids)
-    return [ids[k] for k in farthest_points(rmsd_matrix(sub, sub), n)]
+    return [ids[k] for k in farthest_points(rmsd_matrix(sub, sub, max_matches=SELECTION_MAX_MATCHES), n)]
 
 
 @dataclass(frozen=True)

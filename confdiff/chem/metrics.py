@@ -95,12 +95,12 @@ def _symmetrized(mol: Chem.Mol) -> Chem.Mol:
     return query
 
 
-def _matches(probe: Chem.Mol, ref: Chem.Mol) -> np.ndarray:
-    """All atom matches GetBestRMS tries: (M, n_probe) reference atom index per probe atom."""
+def _matches(probe: Chem.Mol, ref: Chem.Mol, max_matches: int = MAX_MATCHES) -> np.ndarray:
+    """The atom matches GetBestRMS tries (at most ``max_matches``): (M, n_probe) reference atom index per probe atom."""
     params = Chem.SubstructMatchParameters()
     params.uniquify = False
     params.useChirality = False
-    params.maxMatches = MAX_MATCHES
+    params.maxMatches = max_matches
     matches = ref.GetSubstructMatches(_symmetrized(probe), params)
     return np.array(matches, dtype=np.int64).reshape(len(matches), probe.GetNumAtoms())
 
@@ -141,18 +141,20 @@ def _best_rmsd_block(probe: np.ndarray, ref: np.ndarray, matches: np.ndarray) ->
     return best
 
 
-def rmsd_matrix(ref_mol: Ensemble, gen_mol: Ensemble) -> np.ndarray:
+def rmsd_matrix(ref_mol: Ensemble, gen_mol: Ensemble, max_matches: int = MAX_MATCHES) -> np.ndarray:
     """Heavy-atom symmetry-aware RMSD (A) of every reference conformer to every generated one, (K, L).
 
     Equal to ``best_rms(gen, ref)`` entry by entry (GetBestRMS with its defaults: all substructure
     matches up to 10^6, conjugated terminal groups symmetrised); NaN where the two graphs do not match.
+    ``max_matches`` bounds the symmetry matches tried (the cost grows with them; a smaller bound can
+    only give larger RMSDs, for molecules with more symmetry matches than it).
     """
     num_ref, ref_groups = _heavy_groups(ref_mol)
     num_gen, gen_groups = _heavy_groups(gen_mol)
     out = np.full((num_ref, num_gen), np.nan)
     for ref_graph, ref_ids, ref_xyz in ref_groups:
         for gen_graph, gen_ids, gen_xyz in gen_groups:
-            matches = _matches(gen_graph, ref_graph)
+            matches = _matches(gen_graph, ref_graph, max_matches)
             if len(matches):
                 out[np.ix_(ref_ids, gen_ids)] = _best_rmsd_block(gen_xyz, ref_xyz, matches)
     return out

@@ -53,6 +53,18 @@ def test_self_rmsd_is_zero_and_list_input(nitro_pair):
     np.testing.assert_allclose(matrix, matrix.T, atol=1e-6)
 
 
+def test_fewer_symmetry_matches_can_only_raise_the_rmsd():
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(C)(C)c1ccc(cc1)C(F)(F)F"))  # 6 x 2 x 6 = 72 heavy-atom matches
+    AllChem.EmbedMultipleConfs(mol, 2, randomSeed=0)
+    swapped = mol.GetConformer(1).GetPositions()
+    fluorines = [a.GetIdx() for a in mol.GetAtoms() if a.GetSymbol() == "F"]
+    swapped[fluorines] = swapped[fluorines[::-1]]  # the same geometry, two fluorines relabelled
+    mol.GetConformer(1).SetPositions(swapped)
+    full, capped, one = (rmsd_matrix(mol, mol, max_matches=m) for m in (10**6, 8, 1))
+    assert full[0, 1] < 1e-3 < one[0, 1]  # only the symmetry matches see the relabelled copy
+    assert (capped >= full - 1e-9).all() and (one >= capped - 1e-9).all()
+
+
 def test_unmatched_graph_gives_nan(nitro_pair):
     ref, gen = nitro_pair
     broken = Chem.RWMol(Chem.Mol(ref, confId=0))
