@@ -65,6 +65,13 @@ def _relax_random(mol: Chem.Mol, threads: int) -> str:
     return "random-coords"
 
 
+def _embedded(mol: Chem.Mol, ids) -> tuple[int, ...]:
+    """The ids that ``EmbedMultipleConfs`` returned and ``mol`` holds: on a timeout RDKit returns ``[-1]``
+    and no conformer."""
+    held = {conf.GetId() for conf in mol.GetConformers()}
+    return tuple(i for i in ids if i in held)
+
+
 def embed_etkdg(
     mol: Chem.Mol,
     n: int,
@@ -93,10 +100,10 @@ def embed_etkdg(
         raise EmbeddingError(name, "the molecule has no atoms")
     work = Chem.AddHs(mol)
     work.RemoveAllConformers()
-    conf_ids = tuple(rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout)))
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout)))
     if conf_ids:
         return EmbedResult(work, conf_ids, "etkdg")
-    conf_ids = tuple(rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout)))
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout)))
     if not conf_ids:
         raise EmbeddingError(name, "ETKDGv3 and random-coordinate embedding both failed")
     return EmbedResult(work, conf_ids, _relax_random(work, threads))

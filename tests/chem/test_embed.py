@@ -87,6 +87,18 @@ def test_typed_error_when_everything_fails(monkeypatch):
         embed_etkdg(mol, 2)
 
 
+def test_a_timed_out_embedding_is_a_failure_not_a_conformer(monkeypatch):
+    # on a timeout RDKit returns [-1] and adds no conformer (seen under CPU starvation in a dataset build)
+    real = rdDistGeom.EmbedMultipleConfs
+    monkeypatch.setattr(embed_module.rdDistGeom, "EmbedMultipleConfs",
+                        lambda mol, n, params: [-1] if not params.useRandomCoords else real(mol, n, params))
+    result = embed_etkdg(Chem.MolFromSmiles("OCC(=O)Nc1ccccc1"), 2, seed=5)
+    assert result.method == "random-coords+mmff" and len(result.conf_ids) == 2
+    monkeypatch.setattr(embed_module.rdDistGeom, "EmbedMultipleConfs", lambda mol, n, params: [-1])
+    with pytest.raises(EmbeddingError, match="both failed"):
+        embed_etkdg(Chem.MolFromSmiles("CCO"), 2)
+
+
 def test_timeout_bounds_hard_molecules():
     # an inverted bridgehead: ETKDG retries for a long time without the timeout
     strained = Chem.MolFromSmiles("C[C@H](N)[C@H]1[C@@H]2CC[C@@H]1CC2")
