@@ -12,6 +12,9 @@ and keeps 2K of the first ``P`` x 2K of them for every pool factor ``P`` of ``--
   the lowest fraction ``F`` in MMFF94 energy, starting from the lowest (the generator's
   ``selection="diverse"`` at ``F = 0.75``).
 
+``--guidance-scale`` and ``--guidance-window T_START T_FULL`` change the generator's guidance schedule
+(``physics.GuidanceSchedule``) for the pool.
+
 COV / MAT at ``--threshold`` are averaged over molecules, then over ``--seed``s; one JSON line per
 (factor, rule) goes to ``--jsonl``.
 
@@ -34,6 +37,7 @@ from confdiff.chem.ensembles import SELECTION_MAX_MATCHES, farthest_points
 from confdiff.chem.metrics import coverage_matching, rmsd_matrix
 from confdiff.conformers.evaluation import group_by_molecule, read_records
 from confdiff.conformers.generator import ConformerGenerator
+from confdiff.conformers.physics import GuidanceSchedule
 
 # name -> (MMFF variant, electrostatics, dielectric model: 1 constant, 2 distance-dependent, dielectric constant)
 ENERGIES = {"mmff": ("MMFF94", True, 1, 1.0), "mmff-noele": ("MMFF94", False, 1, 1.0),
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--pool", type=float, default=2.0, help="pool size per conformer asked for (2)")
     parser.add_argument("--factors", type=float, nargs="+", default=[1.25, 1.5, 2.0])
     parser.add_argument("--guidance-scale", type=float, default=None, help="the generator's (default: its own)")
+    parser.add_argument("--guidance-window", type=float, nargs=2, default=None, metavar=("T_START", "T_FULL"),
+                        help="the guidance schedule's window (default: the generator's, physics.GUIDANCE_WINDOWS)")
     parser.add_argument("--conformers-per-seed", type=int, default=None, help="the generator's (default: its own)")
     parser.add_argument("--threshold", type=float, default=0.75)
     parser.add_argument("--model", default=None)
@@ -84,6 +90,8 @@ def main() -> None:
     torch.set_num_threads(1)
     per_seed = {} if args.conformers_per_seed is None else {"conformers_per_seed": args.conformers_per_seed}
     generator = ConformerGenerator(args.model, oversample=1, guidance_scale=args.guidance_scale, **per_seed)
+    if args.guidance_window is not None:
+        generator.guidance_schedule = GuidanceSchedule(generator.guidance_schedule.scale, *args.guidance_window)
     molecules = group_by_molecule(read_records(args.reference)[0])
     metrics: dict[tuple[float, str], list[np.ndarray]] = {}
     for seed in args.seed:
@@ -111,6 +119,7 @@ def main() -> None:
         line = {"factor": factor, "rule": rule, "cov_r": mean[0], "mat_r": mean[1], "cov_p": mean[2], "mat_p": mean[3],
                 "cov_r_per_seed": [s[0] for s in seeds], "seeds": args.seed,
                 "guidance_scale": generator.guidance_schedule.scale,
+                "guidance_window": [generator.guidance_schedule.t_start, generator.guidance_schedule.t_full],
                 "pool": args.pool, "conformers_per_seed": args.conformers_per_seed,
                 "reference": args.reference, "date": time.strftime("%Y-%m-%d")}
         lines.append(line)
