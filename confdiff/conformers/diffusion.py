@@ -122,13 +122,15 @@ class ConformerDiffusion:
         return pos + parts[-1] if sde.mode.coordinates else pos
 
     def sigmas(self, t: Tensor, mode: Mode | str = REFINE) -> tuple[Tensor, Tensor]:
-        """``(sigma_tor, sigma_pos)`` at times ``t`` in ``mode``; a part that does not diffuse in
-        ``mode`` stays at its smallest level."""
+        """``(sigma_tor, sigma_pos)`` that the model sees at times ``t`` in ``mode``: the pairs it was
+        trained on. The refine and torsions modes take both levels at ``t`` (training draws one
+        ``t`` for both parts); in the torsions mode the coordinates do not move, but running the
+        model at ``sigma_pos_min`` with a larger ``sigma_tor`` would feed it a pair it never saw (its
+        torsion scores then swing with 1e-4 A changes of the input, docs/likelihood.md). The full
+        mode holds the torsions at ``sigma_tor_min``, as the graphs of its training share do."""
         mode = Mode.of(mode)
-        zero = torch.zeros_like(t)
         pos_schedule = self.full_schedule if mode.full else self.pos_schedule
-        return (self.tor_schedule.sigma(t if mode.torsions else zero),
-                pos_schedule.sigma(t if mode.coordinates else zero))
+        return self.tor_schedule.sigma(torch.zeros_like(t) if mode.full else t), pos_schedule.sigma(t)
 
     def noisy_batch(self, batch, pos: Tensor, t: Tensor, mode: Mode | str = REFINE):
         """A shallow copy of ``batch`` with ``pos`` and the per-graph noise levels of ``t (G,)`` in ``mode``."""
