@@ -6,6 +6,8 @@ Ensemble mode (``REFERENCE``): 2K conformers per molecule with K references, COV
 MAT-P as mean and median over molecules, the validity shares, failures and conformers per CPU second.
 Bioactive mode (``--bioactive``): N conformers per crystal ligand, and the share of ligands whose
 smallest heavy-atom RMSD is within 0.5, 1.0 and 2.0 A, and the median smallest RMSD.
+With ``--json OUT``, every finished job is journalled (:mod:`confdiff.conformers.journal`): rerun the
+same command after an interruption and it resumes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..conformers.evaluation import (
     select_molecules,
     summarise,
 )
+from ..conformers.journal import Journal
 
 __all__ = ["add_arguments", "run"]
 
@@ -123,7 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "confdiff:none|repulsion|mmff[:SCALE]")
     parser.add_argument("-n", "--num-confs", type=int, default=50, help="conformers per ligand in bioactive mode (50)")
     parser.add_argument("--threshold", type=float, default=0.75, help="COV threshold in A (0.75)")
-    parser.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    parser.add_argument("--json", metavar="OUT.json",
+                        help="write the results as JSON; finished jobs are journalled in OUT.json.partial.jsonl, "
+                             "so that the same command resumes an interrupted run")
     parser.add_argument("--plot", metavar="OUT.png", help="draw coverage against threshold for every method")
     parser.add_argument("--num-workers", type=int, default=1, help="worker processes (1)")
     parser.add_argument("--max-molecules", type=int, default=None, help="only the first M molecules")
@@ -177,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         print("benchmark: posebusters is not installed (pip install confdiff[validate]): no pb_valid", file=sys.stderr)
         pb_sample = 0
     jobs = make_jobs(molecules, args.method, files, num_confs, args.seed, args.model, pb_sample, args.steps)
-    outcomes = run_jobs(jobs, args.num_workers)
+    journal = Journal(f"{args.json}.partial.jsonl") if args.json else None
+    outcomes = run_jobs(jobs, args.num_workers, journal=journal)
     _report_failures(outcomes)
     results, curves, thresholds = summarise(outcomes, args.method, list(molecules), bioactive=bioactive,
                                             threshold=args.threshold)
@@ -204,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
             "methods": results,
             "curves": {"thresholds": thresholds.tolist(), **{m: c.tolist() for m, c in curves.items()}},
         }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        part = Path(f"{args.json}.part")
+        part.write_text(json.dumps(report, indent=2) + "\n")
+        part.replace(args.json)  # never a half-written report
+        journal.remove()
     if args.plot:
         ylabel = "share of ligands within threshold" if bioactive else "COV-R (mean over molecules)"
         _plot(args.plot, thresholds, curves, ylabel, None if bioactive else args.threshold)

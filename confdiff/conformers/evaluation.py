@@ -20,20 +20,26 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 import math
 import multiprocessing
+import os
 import resource
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
 from ..chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 __all__ = [
     "BIOACTIVE_THRESHOLDS",
@@ -300,6 +306,17 @@ class Job:
     def cost(self) -> int:
         return len(self.reference) * self.num_confs
 
+    @property
+    def fingerprint(self) -> str:
+        """What makes two jobs the same computation (a journal's key): the settings, and the size and
+        modification time of a checkpoint file, so that a retrained model is not mistaken for the old one."""
+        stamp = None
+        if self.model is not None and os.path.isfile(self.model):
+            stat = os.stat(self.model)
+            stamp = [stat.st_size, stat.st_mtime_ns]
+        return json.dumps([self.method, self.key, self.num_confs, self.seed, self.model, stamp, self.pb_sample,
+                           self.steps])
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -388,26 +405,36 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_jobs(jobs: list[Job], num_workers: int, *, progress: bool = True) -> list[Outcome]:
+def run_jobs(jobs: list[Job], num_workers: int, *, progress: bool = True, journal: Journal | None = None
+             ) -> list[Outcome]:
     """Every job, largest first, in ``num_workers`` processes (1: in this one), each pinned to one
     thread; a molecule that fails is an :class:`Outcome` with its ``error``. ``progress``: a tqdm bar
-    on stderr."""
+    on stderr. ``journal``: outcomes found there are reused, new ones appended as they finish."""
     from tqdm import tqdm
 
-    jobs = sorted(jobs, key=lambda j: -j.cost)  # largest first, for load balance
-    bar = tqdm(total=len(jobs), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True,
+    done = journal.done(jobs) if journal is not None else {}
+    by_name = {(job.method, job.key): job for job in jobs}
+    outcomes = [done[fp] for fp in (job.fingerprint for job in jobs) if fp in done]
+    todo = sorted((job for job in jobs if job.fingerprint not in done), key=lambda j: -j.cost)  # largest first
+    if outcomes:
+        print(f"benchmark: {len(outcomes)} of {len(jobs)} jobs taken from {journal.path}", file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True,
                disable=not progress)
-    outcomes = []
+
+    def finished(outcome: Outcome) -> None:
+        if journal is not None:
+            journal.record(by_name[outcome.method, outcome.key], outcome)
+        outcomes.append(outcome)
+        bar.update(1)
+
     if num_workers <= 1:
         _one_thread()
-        for job in jobs:
-            outcomes.append(_run_job(job))
-            bar.update(1)
+        for job in todo:
+            finished(_run_job(job))
     else:
         with multiprocessing.get_context().Pool(num_workers, initializer=_one_thread) as pool:
-            for outcome in pool.imap_unordered(_run_job, jobs, chunksize=1):
-                outcomes.append(outcome)
-                bar.update(1)
+            for outcome in pool.imap_unordered(_run_job, todo, chunksize=1):
+                finished(outcome)
     bar.close()
     return outcomes
 

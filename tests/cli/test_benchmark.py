@@ -130,3 +130,40 @@ def test_confdiff_methods_take_a_model_and_name_an_unusable_mode(reference, tmp_
     assert methods["confdiff-torsions"]["failures"] == 0 and methods["confdiff-torsions"]["cov_r_mean"] > 0
     assert methods["confdiff-full"]["failures"] == 2
     assert "not trained for the full-coordinate mode" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_from_its_journal(reference, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "resume.json"
+    argv = [reference, "--method", "etkdg", "--method", "etkdg-mmff", "--json", out, "--pb-sample", "0"]
+    real_run_job = evaluation._run_job
+    calls = []
+
+    def interrupted(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(job)
+        return real_run_job(job)
+
+    monkeypatch.setattr(evaluation, "_run_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.run(_args(argv))
+    journal = Path(f"{out}.partial.jsonl")
+    assert not out.exists() and len(journal.read_text().splitlines()) == 2
+    with journal.open("a") as handle:
+        handle.write('{"job": "cut short')  # an interruption in the middle of a line
+
+    resumed = []
+    monkeypatch.setattr(evaluation, "_run_job", lambda job: resumed.append(job) or real_run_job(job))
+    assert benchmark.run(_args(argv)) == 0
+    assert len(resumed) == 2 and {(j.method, j.key) for j in resumed}.isdisjoint({(j.method, j.key) for j in calls})
+    assert "2 of 4 jobs taken from" in capsys.readouterr().err
+    assert not journal.exists()
+
+    # the resumed report equals a report of one uninterrupted run
+    monkeypatch.setattr(evaluation, "_run_job", real_run_job)
+    whole = tmp_path / "whole.json"
+    assert benchmark.run(_args([*argv[:-4], "--json", whole, "--pb-sample", "0"])) == 0
+    resumed_report, whole_report = json.loads(out.read_text()), json.loads(whole.read_text())
+    for method in ("etkdg", "etkdg-mmff"):
+        for key in ("cov_r_mean", "mat_r_mean", "cov_p_mean", "mat_p_mean"):
+            assert resumed_report["methods"][method][key] == pytest.approx(whole_report["methods"][method][key])
