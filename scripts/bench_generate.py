@@ -4,6 +4,7 @@
     python scripts/bench_generate.py -n 100 --steps 10 --model run/conformer_model.pt
     python scripts/bench_generate.py --large               # a 151-heavy-atom molecule with n=500
     python scripts/bench_generate.py --parallel 2 --threads 0   # 2 confdiff processes side by side, torch's threads
+    python scripts/bench_generate.py --mode torsions       # the torsions sampling mode
 
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
@@ -104,7 +105,7 @@ def run_confdiff(args) -> dict:
     per_seed = {"conformers_per_seed": args.large_conformers_per_seed} if large else {}  # else the default
     generator = conformers.ConformerGenerator(
         model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size, num_threads=args.threads or None,
-        oversample=args.oversample, **per_seed)
+        oversample=args.oversample, mode=args.mode, **per_seed)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
@@ -182,6 +183,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
     parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
+    parser.add_argument("--mode", default="refine", help="the generator's sampling mode (refine, torsions, full)")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
     parser.add_argument("--large", action="store_true",
                         help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")
@@ -207,7 +209,7 @@ def main() -> None:
     results = {"etkdg": _child("etkdg"), "confdiff": _child("confdiff", args.parallel)}
     print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, steps={args.steps}, "
           f"--batch-size {args.batch_size} atoms, confdiff: {args.parallel} process(es), "
-          f"{args.threads or 'default'} torch thread(s)")
+          f"{args.threads or 'default'} torch thread(s), mode {args.mode}")
     print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "
           f"{'(+ over start)':>14}")
     for method, r in results.items():

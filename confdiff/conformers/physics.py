@@ -373,7 +373,7 @@ def physics_guidance(score_fn: Callable[[Tensor, Tensor], Tensor], sde, position
     def guided(y: Tensor, t: Tensor) -> Tensor:
         score = score_fn(y, t)
         lam = schedule(t)  # (B,)
-        if not bool((lam > 0).any()):
+        if y.numel() == 0 or not bool((lam > 0).any()):  # nothing to move (rigid molecules in the torsions mode)
             return score
         with torch.enable_grad():
             yg = y.detach().requires_grad_(True)

@@ -471,6 +471,14 @@ def test_the_shipped_models_serve_every_mode():
     assert 1 <= mol.GetNumConformers() <= 3
 
 
+@pytest.mark.parametrize("mode", ["refine", "torsions"])
+def test_rigid_molecules_alone_in_a_batch_get_their_conformers_in_every_guided_mode(model, mode):
+    """No rotatable bond: the torsions mode's state is empty, and the guidance has nothing to move."""
+    generator = ConformerGenerator(model, mode=mode, guidance="mmff", guidance_scale=1.0)
+    for smiles in ("CCO", "c1ccccc1"):
+        assert generator.generate(smiles, 3, seed=0).GetNumConformers() == 3
+
+
 def test_generate_api(tmp_path):
     path = save_tiny_model(tmp_path / "tiny.pt")
     assert {"generate", "ConformerGenerator", "GenerationError", "load_model"} <= set(confdiff.__all__)
