@@ -62,8 +62,12 @@ class Journal:
         """Append ``job``'s ``outcome`` (flushed at once)."""
         if not self.kept(job):
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"job": job.fingerprint, "outcome": _encode(outcome)}) + "\n")
+        with self.path.open("a+b") as handle:
+            if handle.tell() > 0:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":  # an interrupted write: end its line, so this record stays whole
+                    handle.write(b"\n")
+            handle.write((json.dumps({"job": job.fingerprint, "outcome": _encode(outcome)}) + "\n").encode())
 
     def remove(self) -> None:
         """Delete the journal (the run's results are written)."""

@@ -25,6 +25,11 @@ def test_outcomes_round_trip_and_only_matching_jobs_are_reused(tmp_path):
     np.testing.assert_array_equal(back.rmsd, rmsd)
     assert (back.num_generated, back.cpu_s, back.error, back.validity) == (3, 0.25, None, (3, 3, 1, 1))
     assert done[failed.fingerprint].rmsd is None and done[failed.fingerprint].error == "no conformers generated"
+    with journal.path.open("a") as handle:
+        handle.write('{"job": "cut short')  # an interrupted write
+    later = job(seed=3)
+    journal.record(later, Outcome("etkdg", "CCO", None, 0, 0.1, "x"))
+    assert set(journal.done([first, later])) == {first.fingerprint, later.fingerprint}
     journal.remove()
     assert not journal.path.exists()
 
