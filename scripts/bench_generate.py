@@ -31,6 +31,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from confdiff.conformers.modes import MODES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -180,10 +182,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--molecules", default=str(REPO / "data" / "examples" / "molecules.sdf"))
     parser.add_argument("-n", type=int, default=50, help="conformers per molecule")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps (default: the mode's)")
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
     parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
-    parser.add_argument("--mode", default="refine", help="the generator's sampling mode (refine, torsions, full)")
+    parser.add_argument("--mode", default="refine", choices=MODES, help="the generator's sampling mode")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
     parser.add_argument("--large", action="store_true",
                         help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")
@@ -199,7 +201,7 @@ def main() -> None:
         return
     if args.large:
         r = _child("large")
-        print(f"Ala30 (151 heavy atoms, 303 atoms), n={args.large_n}, steps={args.steps}, "
+        print(f"Ala30 (151 heavy atoms, 303 atoms), n={args.large_n}, steps={args.steps or 'default'}, "
               f"--batch-size {args.batch_size} atoms, one thread, model: {r['model']}")
         print(f"{r['conformers']} conformers, {r['cpu_s']:.1f} CPU s, peak RSS {r['peak_rss_mb']:.0f} MB "
               f"({r['peak_rss_mb'] - r['baseline_rss_mb']:+.0f} MB over the loaded model)")
@@ -207,7 +209,8 @@ def main() -> None:
         return
 
     results = {"etkdg": _child("etkdg"), "confdiff": _child("confdiff", args.parallel)}
-    print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, steps={args.steps}, "
+    print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, "
+          f"steps={args.steps or 'default'}, "
           f"--batch-size {args.batch_size} atoms, confdiff: {args.parallel} process(es), "
           f"{args.threads or 'default'} torch thread(s), mode {args.mode}")
     print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "

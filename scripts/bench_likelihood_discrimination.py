@@ -11,7 +11,6 @@ Shipped model (or ``--model``), ``confdiff score``'s default density and steps, 
 from __future__ import annotations
 
 import argparse
-import gzip
 import itertools
 
 import numpy as np
@@ -21,6 +20,7 @@ from rdkit.Chem import rdMolTransforms
 
 from confdiff.chem.torsions import rotatable_bonds
 from confdiff.cli.score import DEFAULT_MODE, DEFAULT_STEPS
+from confdiff.conformers.evaluation import group_by_molecule, read_records
 from confdiff.conformers.generator import load_model
 from confdiff.conformers.likelihood import likelihood
 
@@ -46,18 +46,15 @@ def reference_and_moved(mols: list[Chem.Mol], scale: float, rng: np.random.Gener
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reference", help="reference conformers, consecutive records of a molecule share its name")
+    parser.add_argument("reference", help="reference conformers (.sdf or .sdf.gz), grouped into molecules "
+                                          "as confdiff benchmark groups them")
     parser.add_argument("--scales", type=float, nargs="+", default=[0.3, 1.0])
     parser.add_argument("--molecules", type=int, default=50)
     parser.add_argument("--conformers", type=int, default=4, help="K reference conformers per molecule")
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    groups: dict[str, list[Chem.Mol]] = {}
-    opener = gzip.open if args.reference.endswith(".gz") else open
-    with opener(args.reference, "rb") as handle:
-        for mol in Chem.ForwardSDMolSupplier(handle, removeHs=False):
-            groups.setdefault(mol.GetProp("_Name"), []).append(mol)
+    groups = group_by_molecule(read_records(args.reference)[0])
     model = load_model(args.model, mode=DEFAULT_MODE)
     for scale in args.scales:
         rng = np.random.default_rng(0)

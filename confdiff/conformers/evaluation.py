@@ -414,8 +414,10 @@ def run_jobs(jobs: list[Job], num_workers: int, *, progress: bool = True, journa
 
     done = journal.done(jobs) if journal is not None else {}
     by_name = {(job.method, job.key): job for job in jobs}
-    outcomes = [done[fp] for fp in (job.fingerprint for job in jobs) if fp in done]
-    todo = sorted((job for job in jobs if job.fingerprint not in done), key=lambda j: -j.cost)  # largest first
+    prints = [job.fingerprint for job in jobs] if done else []
+    outcomes = [done[fp] for fp in prints if fp in done]
+    todo = [job for job, fp in zip(jobs, prints) if fp not in done] if done else list(jobs)
+    todo.sort(key=lambda j: -j.cost)  # largest first, for load balance
     if outcomes:
         print(f"benchmark: {len(outcomes)} of {len(jobs)} jobs taken from {journal.path}", file=sys.stderr)
     bar = tqdm(total=len(todo), unit="job", desc="benchmark", file=sys.stderr, dynamic_ncols=True,
