@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from confdiff.conformers.modes import MODES
+from confdiff.conformers.modes import DEFAULT_MODE, MODES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps (default: the mode's)")
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
     parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
-    parser.add_argument("--mode", default="refine", choices=MODES, help="the generator's sampling mode")
+    parser.add_argument("--mode", default=DEFAULT_MODE, choices=MODES, help="the generator's sampling mode")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
     parser.add_argument("--large", action="store_true",
                         help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")

@@ -24,6 +24,7 @@ from rdkit.Chem import AllChem
 
 from confdiff.conformers import generator as conformers, physics
 from confdiff.conformers.generator import ConformerGenerator
+from confdiff.conformers.modes import DEFAULT_MODE
 
 CLASH = 2.2  # A
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("input")
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mode", default="refine")
+    parser.add_argument("--mode", default=DEFAULT_MODE)
     parser.add_argument("--config", action="append", required=True, help="guidance[:scale]")
     parser.add_argument("--bust", type=int, default=0, help="PoseBusters on the first B conformers per molecule")
     parser.add_argument("--json", default=None)

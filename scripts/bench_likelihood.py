@@ -29,7 +29,7 @@ from rdkit.Chem import AllChem
 
 from confdiff.conformers.likelihood import likelihood
 from confdiff.conformers.generator import load_model
-from confdiff.cli.score import DEFAULT_MODE, DEFAULT_STEPS
+from confdiff.cli.score import DEFAULT_DENSITY, DEFAULT_STEPS
 
 
 def moved_copies(mol: Chem.Mol, seed: int = 1) -> Chem.Mol:
@@ -77,7 +77,7 @@ def main() -> None:
     AllChem.EmbedMultipleConfs(mol, args.conformers, randomSeed=7)
     AllChem.MMFFOptimizeMoleculeConfs(mol)
     n = mol.GetNumConformers()
-    refine, torsions = load_model(None, mode="refine"), load_model(None, mode=DEFAULT_MODE)
+    refine, torsions = load_model(None, mode="refine"), load_model(None, mode=DEFAULT_DENSITY)
 
     def show(name, log_p, cpu, ref=None):
         err = f", error {np.max(np.abs(np.subtract(log_p, ref))):.4f} nats" if ref is not None else ""
@@ -85,18 +85,18 @@ def main() -> None:
 
     if not args.skip_refine:
         show("refine adaptive 1e-5 (old)", *timed(mol, n, model=refine, mode="refine", atol=1e-5, align=False))
-    ref, ref_cpu = timed(mol, n, model=torsions, mode=DEFAULT_MODE, atol=1e-6, dtype=torch.float64)
+    ref, ref_cpu = timed(mol, n, model=torsions, mode=DEFAULT_DENSITY, atol=1e-6, dtype=torch.float64)
     show("torsions adaptive 1e-6 f64", ref, ref_cpu)
     for steps in args.steps:
-        log_p, cpu = timed(mol, n, model=torsions, mode=DEFAULT_MODE, steps=steps)
+        log_p, cpu = timed(mol, n, model=torsions, mode=DEFAULT_DENSITY, steps=steps)
         show(f"torsions rk4 {steps}" + (" (default)" if steps == DEFAULT_STEPS else ""), log_p, cpu, ref)
     moved = moved_copies(mol)
-    log_p, cpu = timed(moved, 2 * n, model=torsions, mode=DEFAULT_MODE, steps=DEFAULT_STEPS)
+    log_p, cpu = timed(moved, 2 * n, model=torsions, mode=DEFAULT_DENSITY, steps=DEFAULT_STEPS)
     print(f"default on {n} conformers + {n} moved copies: {cpu:.2f} CPU s per conformer, largest change under "
           f"a rigid motion {np.max(np.abs(np.subtract(log_p[n:], log_p[:n]))):.2e} nats")
     noisy = noisy_copies(mol)
     for dtype in (torch.float32, torch.float64):
-        log_p = np.reshape(likelihood(noisy, model=torsions, mode=DEFAULT_MODE, steps=DEFAULT_STEPS, dtype=dtype), (n, -1))
+        log_p = np.reshape(likelihood(noisy, model=torsions, mode=DEFAULT_DENSITY, steps=DEFAULT_STEPS, dtype=dtype), (n, -1))
         print(f"default, {dtype}, 4 copies with 5e-5 A noise per conformer: spread "
               f"{np.round(np.ptp(log_p, axis=1), 4).tolist()} nats")
 

@@ -19,7 +19,7 @@ from rdkit import Chem
 from rdkit.Chem import rdMolTransforms
 
 from confdiff.chem.torsions import rotatable_bonds
-from confdiff.cli.score import DEFAULT_MODE, DEFAULT_STEPS
+from confdiff.cli.score import DEFAULT_DENSITY, DEFAULT_STEPS
 from confdiff.conformers.evaluation import group_by_molecule, read_records
 from confdiff.conformers.generator import load_model
 from confdiff.conformers.likelihood import likelihood
@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     groups = group_by_molecule(read_records(args.reference)[0])
-    model = load_model(args.model, mode=DEFAULT_MODE)
+    model = load_model(args.model, mode=DEFAULT_DENSITY)
     for scale in args.scales:
         rng = np.random.default_rng(0)
         wins = []
@@ -64,7 +64,7 @@ def main() -> None:
             if mol is None:
                 continue
             k = mol.GetNumConformers() // 2
-            log_p = likelihood(mol, model=model, mode=DEFAULT_MODE, steps=DEFAULT_STEPS)
+            log_p = likelihood(mol, model=model, mode=DEFAULT_DENSITY, steps=DEFAULT_STEPS)
             wins += [a > b for a, b in itertools.product(log_p[:k], log_p[k:])]
         print(f"scale {scale} rad: P(reference > moved) = {np.mean(wins):.3f} over {len(wins)} pairs", flush=True)
 

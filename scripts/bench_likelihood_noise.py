@@ -20,7 +20,7 @@ from bench_likelihood import noisy_copies
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from confdiff.cli.score import DEFAULT_MODE, DEFAULT_STEPS
+from confdiff.cli.score import DEFAULT_DENSITY, DEFAULT_STEPS
 from confdiff.conformers.generator import load_model
 from confdiff.conformers.likelihood import likelihood
 
@@ -40,12 +40,12 @@ def main() -> None:
         AllChem.MMFFOptimizeMoleculeConfs(mol)
         mols.append(mol)
     for path in args.models:
-        model = load_model(path, mode=DEFAULT_MODE)
+        model = load_model(path, mode=DEFAULT_DENSITY)
         spreads, worst = [], None
         for mol in mols:
             for seed in (0, 1):
                 copies = noisy_copies(mol, seed=seed)
-                log_p = np.reshape(likelihood(copies, model=model, mode=DEFAULT_MODE, steps=DEFAULT_STEPS),
+                log_p = np.reshape(likelihood(copies, model=model, mode=DEFAULT_DENSITY, steps=DEFAULT_STEPS),
                                    (mol.GetNumConformers(), -1))
                 spreads += np.ptp(log_p, axis=1).tolist()
                 for c, row in enumerate(log_p):
@@ -63,7 +63,7 @@ def main() -> None:
                 conf = Chem.Conformer(copies.GetNumAtoms())
                 conf.SetPositions((1 - w) * a + w * b)
                 segment.AddConformer(conf, assignId=True)
-            log_p = likelihood(segment, model=model, mode=DEFAULT_MODE, steps=DEFAULT_STEPS, dtype=torch.float64)
+            log_p = likelihood(segment, model=model, mode=DEFAULT_DENSITY, steps=DEFAULT_STEPS, dtype=torch.float64)
             print(f"  segment of the largest spread ({np.abs(b - a).max():.1e} A apart at most): "
                   f"{np.round(log_p, 4).tolist()}", flush=True)
 

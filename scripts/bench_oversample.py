@@ -10,7 +10,7 @@ and keeps 2K of the first ``P`` x 2K of them for every pool factor ``P`` of ``--
   ``mmff-dd4`` (distance-dependent dielectric 4);
 - ``diverse:F``: farthest-point selection (heavy-atom RMSD, ``chem.ensembles.farthest_points``) among
   the lowest fraction ``F`` in MMFF94 energy, starting from the lowest (the generator's
-  ``selection="diverse"`` at ``F = 0.75``).
+  ``selection="diverse"`` at ``F = 0.75``), for every ``F`` of ``--fractions``.
 
 ``--guidance-scale`` and ``--guidance-window T_START T_FULL`` change the generator's guidance schedule
 (``physics.GuidanceSchedule``) for the pool.
@@ -58,7 +58,7 @@ def energies(mol: Chem.Mol, name: str) -> np.ndarray:
                      for c in mol.GetConformers()])
 
 
-def selections(pool: dict, n: int, factor: float) -> dict[str, list[int]]:
+def selections(pool: dict, n: int, factor: float, fractions=DIVERSE_FRACTIONS) -> dict[str, list[int]]:
     """Rule name -> the kept draws (indices into the pool) of the first ``factor * n`` pool draws."""
     size = min(len(pool["mmff"]), int(round(factor * n)))
     out = {"first": list(range(min(n, size)))}
@@ -66,7 +66,7 @@ def selections(pool: dict, n: int, factor: float) -> dict[str, list[int]]:
         e = np.nan_to_num(pool[name][:size], nan=np.inf)
         out[f"lowest:{name}"] = list(np.argsort(e, kind="stable")[:n])
     order = list(np.argsort(np.nan_to_num(pool["mmff"][:size], nan=np.inf), kind="stable"))
-    for fraction in DIVERSE_FRACTIONS:
+    for fraction in fractions:
         candidates = order[: max(n, int(fraction * size))]
         chosen = farthest_points(pool["rmsd"][np.ix_(candidates, candidates)], n)
         out[f"diverse:{fraction}"] = [candidates[k] for k in chosen]
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, action="append", required=True)
     parser.add_argument("--pool", type=float, default=2.0, help="pool size per conformer asked for (2)")
     parser.add_argument("--factors", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    parser.add_argument("--fractions", type=float, nargs="+", default=list(DIVERSE_FRACTIONS),
+                        help="the diverse rule's energy fractions (1 0.75 0.5)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="the generator's (default: its own)")
     parser.add_argument("--guidance-window", type=float, nargs=2, default=None, metavar=("T_START", "T_FULL"),
                         help="the guidance schedule's window (default: the generator's, physics.GUIDANCE_WINDOWS)")
@@ -106,7 +108,7 @@ def main() -> None:
             pool["rmsd"] = rmsd_matrix(mol, mol, max_matches=SELECTION_MAX_MATCHES)  # as the generator
             to_refs = rmsd_matrix(list(refs), mol)
             for factor in args.factors:
-                for rule, kept in selections(pool, n, factor).items():
+                for rule, kept in selections(pool, n, factor, args.fractions).items():
                     m = coverage_matching(to_refs[:, kept], args.threshold)
                     per_seed.setdefault((factor, rule), []).append([m["cov_r"], m["mat_r"], m["cov_p"], m["mat_p"]])
             print(f"seed {seed}: {len(refs)} references, {mol.GetNumConformers()} draws, "
@@ -117,7 +119,7 @@ def main() -> None:
     for (factor, rule), seeds in metrics.items():
         mean = np.mean(seeds, axis=0)
         line = {"factor": factor, "rule": rule, "cov_r": mean[0], "mat_r": mean[1], "cov_p": mean[2], "mat_p": mean[3],
-                "cov_r_per_seed": [s[0] for s in seeds], "seeds": args.seed,
+                "cov_r_per_seed": [s[0] for s in seeds], "seeds": args.seed, "mode": generator.mode.name,
                 "guidance_scale": generator.guidance_schedule.scale,
                 "guidance_window": [generator.guidance_schedule.t_start, generator.guidance_schedule.t_full],
                 "pool": args.pool, "conformers_per_seed": args.conformers_per_seed,

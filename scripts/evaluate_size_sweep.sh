@@ -7,6 +7,8 @@
 #   SIZE      the model: $RUN_ROOT/$SIZE/release.pt (scripts/train_size_sweep.sh)
 #   RUN_ROOT  default /work/runs/sweep;  OUT  where the results go (default docs/bench)
 # Every result is one file named after SIZE; a file already there is kept, so a rerun resumes.
+# The pipeline is the package default's: the refine mode for the files of sessions 9-11, the torsions
+# mode from version 0.2.0 (session 11) on.
 # The table and plot: scripts/plot_size_sweep.py --run "SIZE:PARAMETERS:$OUT/micro_sweep_SIZE_seed*.json".
 set -euo pipefail
 cd "$(dirname "$0")/.."

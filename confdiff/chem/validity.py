@@ -43,7 +43,7 @@ from rdkit.Chem.inchi import MolFromInchi, MolToInchi
 
 from .stereo import StereoCheck
 
-__all__ = ["CHECKS", "POSEBUSTERS_NAMES", "ValidityChecker", "ValidityError", "flat_groups"]
+__all__ = ["CHECKS", "LOCAL_CHECKS", "POSEBUSTERS_NAMES", "ValidityChecker", "ValidityError", "flat_groups"]
 
 #: PoseBusters' ``mol`` thresholds (config/mol.yml of posebusters 0.6.5)
 BOUNDS_PARAMS = {"set15bounds": True, "scaleVDW": True, "doTriangleSmoothing": True, "useMacrocycle14config": False}
@@ -79,6 +79,10 @@ CHECKS = (
     "stereochemistry",
     "internal_energy",
 )
+#: the checks of the local geometry: bond lengths, angles, rings, double bonds and configurations, which
+#: a rotation about a rotatable (acyclic single) bond does not change
+LOCAL_CHECKS = ("bond_lengths", "bond_angles", "aromatic_ring_flatness", "non_aromatic_ring_non_flatness",
+                "double_bond_flatness", "stereochemistry")
 #: our check name -> the column of ``PoseBusters(config="mol").bust(...)`` (stereochemistry has none)
 POSEBUSTERS_NAMES = {
     "bond_lengths": "bond_lengths",

@@ -33,7 +33,7 @@ from ..chem.io import (
     read_molecules,
     record_text,
 )
-from ..conformers.modes import MODES
+from ..conformers.modes import DEFAULT_MODE, MODES
 
 __all__ = ["add_arguments", "completed_records", "keep_freed_memory", "run"]
 
@@ -62,9 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="-", help="output SDF (.sdf or .sdf.gz), - for stdout (default)")
     parser.add_argument("--seed", type=int, default=None,
                         help="base seed: conformer i of a molecule is reproducible whatever the batching")
-    parser.add_argument("--mode", default="refine", choices=MODES,
-                        help="refine: torsions + coordinate refinement of ETKDG seeds (default); torsions: "
-                             "torsions only; full: every coordinate from the prior (a model trained for it)")
+    parser.add_argument("--mode", default=DEFAULT_MODE, choices=MODES,
+                        help="torsions: the torsions of MMFF94-minimised ETKDG seeds (default); refine: torsions + "
+                             "a coordinate refinement of the seeds; full: every coordinate from the prior (a model "
+                             "trained for it)")
     parser.add_argument("--steps", type=int, default=None,
                         help="reverse-diffusion steps (default 20; 50 in the full mode)")
     parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")

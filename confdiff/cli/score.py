@@ -27,7 +27,7 @@ __all__ = ["add_arguments", "molecules", "run"]
 PROPERTY = "log_likelihood"
 #: the density scored by default: the torsional one, exact divergence over ``m`` torsions only
 #: (the refine density's ``m + 3N`` Jacobian columns cost minutes per conformer; docs/likelihood.md)
-DEFAULT_MODE = "torsions"
+DEFAULT_DENSITY = "torsions"
 #: fixed RK4 steps by default: within 0.05 nats of the adaptive solver at atol 1e-6 on ibuprofen
 DEFAULT_STEPS = 20
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="SDF / SDF.GZ with 3D conformers")
     parser.add_argument("-o", "--output", required=True, help="output SDF (.sdf or .sdf.gz)")
     parser.add_argument("--model", default=None, help="model checkpoint (default: the shipped model)")
-    parser.add_argument("--mode", "--density", dest="mode", default=DEFAULT_MODE, choices=MODES,
+    parser.add_argument("--mode", "--density", dest="mode", default=DEFAULT_DENSITY, choices=MODES,
                         help="which of the model's densities (docs/likelihood.md; default torsions: the torsion "
                              "density given the rest of the conformer, ~1 CPU s per conformer; refine: torsions "
                              "and coordinates, minutes per conformer)")

@@ -17,8 +17,9 @@ scores rotating with the input), so the density of every step is SE(3)-invariant
 
 Three processes (``MODES``, one :class:`~confdiff.conformers.modes.Mode` each) share the model:
 
-* ``"refine"`` (the default): ``y = (d, e)`` as above, ``x_ref`` an ETKDG seed;
-* ``"torsions"``: ``y = d`` only, the seed's bond lengths, angles and puckers kept exactly;
+* ``"refine"``: ``y = (d, e)`` as above, ``x_ref`` an ETKDG seed;
+* ``"torsions"`` (the sampler's default, ``modes.DEFAULT_MODE``): ``y = d`` only, the seed's bond
+  lengths, angles and puckers kept exactly;
 * ``"full"``: ``y = e`` only with ``x = x_ref + e``, ``x_ref = 0`` when sampling, and a coordinate
   noise scale ``sigma_full`` geometric up to ``sigma_full_max`` (several Angstrom, the size of a
   molecule): every coordinate starts from the isotropic prior, so rings, puckers and macrocycles

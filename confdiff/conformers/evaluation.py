@@ -36,6 +36,7 @@ import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
+from .. import __version__
 from ..chem.metrics import coverage_curve, coverage_matching, rmsd_matrix
 
 if TYPE_CHECKING:
@@ -170,16 +171,19 @@ METHODS: dict[str, Generator] = {
     "teacher": generate_teacher,
 }
 #: the diffusion model's methods: name -> ``ConformerGenerator`` options; they take ``--model``.
-#: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded (the default before session 7);
-#: ``confdiff-first`` keeps the first usable draws, without oversampling (before session 8);
-#: ``confdiff-lowest`` keeps the lowest in energy of 1.5 x draws, MMFF94 guidance at 1 (session 8's first rule).
+#: ``confdiff-refine`` is the refine mode at its defaults (the package default of sessions 7-10); the
+#: refine mode's earlier defaults: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded
+#: (before session 7); ``confdiff-first`` keeps the first usable draws, without oversampling (before
+#: session 8); ``confdiff-lowest`` keeps the lowest in energy of 1.5 x draws, MMFF94 guidance at 1
+#: (session 8's first rule).
 CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff": {},
     "confdiff-mmff": {"relax": "mmff"},
     "confdiff-gfn2": {"relax": "gfn2"},
-    "confdiff-first": {"oversample": 1, "guidance_scale": 1.0},
-    "confdiff-lowest": {"oversample": 1.5, "selection": "energy", "guidance_scale": 1.0},
-    "confdiff-etkdg-seeds": {"seed_relax": "none", "oversample": 1, "guidance_scale": 1.0},
+    "confdiff-first": {"mode": "refine", "oversample": 1, "guidance_scale": 1.0},
+    "confdiff-lowest": {"mode": "refine", "oversample": 1.5, "selection": "energy", "guidance_scale": 1.0},
+    "confdiff-etkdg-seeds": {"mode": "refine", "seed_relax": "none", "oversample": 1, "guidance_scale": 1.0},
+    "confdiff-refine": {"mode": "refine"},
     "confdiff-torsions": {"mode": "torsions"},
     "confdiff-full": {"mode": "full"},
     "confdiff-full-mmff": {"mode": "full", "relax": "mmff"},
@@ -308,13 +312,14 @@ class Job:
 
     @property
     def fingerprint(self) -> str:
-        """What makes two jobs the same computation (a journal's key): the settings, and the size and
-        modification time of a checkpoint file, so that a retrained model is not mistaken for the old one."""
+        """What makes two jobs the same computation (a journal's key): the settings, the package version
+        (a method's defaults may change between versions) and the size and modification time of a
+        checkpoint file, so that a retrained model is not mistaken for the old one."""
         stamp = None
         if self.model is not None and os.path.isfile(self.model):
             stat = os.stat(self.model)
             stamp = [stat.st_size, stat.st_mtime_ns]
-        return json.dumps([self.method, self.key, self.num_confs, self.seed, self.model, stamp, self.pb_sample,
+        return json.dumps([__version__, self.method, self.key, self.num_confs, self.seed, self.model, stamp, self.pb_sample,
                            self.steps])
 
 

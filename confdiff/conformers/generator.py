@@ -59,8 +59,9 @@ from ..chem.io import MoleculeRejected, check_molecule, mol_name
 from ..chem.ensembles import EnsembleError, farthest_point_conformers, select_conformers
 from ..chem.relax import RelaxationError, relax_mmff
 from ..chem.stereo import StereoCheck
-from ..chem.validity import ValidityChecker, ValidityError
+from ..chem.validity import LOCAL_CHECKS, ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
+from .modes import DEFAULT_MODE
 from .physics import (DEFAULT_GUIDANCE, GUIDANCE_CHOICES, BatchPotential, Potential, guidance_schedule, make_potential,
                       physics_guidance)
 from ..diffusion.samplers import SAMPLERS, time_grid
@@ -68,6 +69,7 @@ from ..nn.score_model import ScoreModel, ScoreModelConfig
 
 __all__ = [
     "DEFAULT_GUIDANCE",
+    "DEFAULT_MODE",
     "DEFAULT_MODEL",
     "DEFAULT_OVERSAMPLE",
     "DEFAULT_STEPS",
@@ -135,14 +137,14 @@ DEFAULT_MODEL_FILES = {"refine": "conformer_model.pt", "torsions": "conformer_mo
                        "full": "conformer_model_full.pt"}
 
 
-def default_model_path(mode: str = "refine") -> Path:
+def default_model_path(mode: str = DEFAULT_MODE) -> Path:
     """The shipped default checkpoint for ``mode`` (package data)."""
     if mode not in DEFAULT_MODEL_FILES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
     return Path(str(resources.files("confdiff") / "weights" / DEFAULT_MODEL_FILES[mode]))
 
 
-def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", mode: str = "refine"):
+def load_model(path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu", mode: str = DEFAULT_MODE):
     """``(ScoreModel, ConformerDiffusion)`` from a checkpoint (the shipped default for ``mode`` when
     ``path`` is None).
 
@@ -258,7 +260,9 @@ class ConformerGenerator:
     seed_relax : ``"mmff"`` (default) minimises every ETKDG seed with MMFF94 (``SEED_MMFF_ITERS``
         iterations) before the diffusion, so that the seeds' bond lengths, angles and ring puckers
         look like the force-field minima the model was trained on; ``"none"`` uses them as
-        embedded. A molecule without MMFF94 parameters keeps its embedded seeds (with a note).
+        embedded. A molecule without MMFF94 parameters keeps its embedded seeds (with a note), and so
+        does a seed whose minimum fails a check of its local geometry that the embedded structure
+        passes (with the gate on; ``chem.validity.LOCAL_CHECKS``).
     max_atoms_per_batch : most atoms (all conformers of all molecules together) in one graph batch;
         bounds memory. A molecule with more atoms than this is refused.
     relax : None / ``"none"``, ``"mmff"``, ``"gfnff"`` or ``"gfn2"`` (xtb); energies in kcal/mol.
@@ -275,9 +279,10 @@ class ConformerGenerator:
         first ``n`` usable draws.
     selection : ``"diverse"`` (default: farthest-point in RMSD among the lowest ``DIVERSE_FRACTION``
         in MMFF94 energy) or ``"energy"`` (the ``n`` lowest).
-    mode : ``"refine"`` (default: torsions and a coordinate refinement of ETKDG seeds),
-        ``"torsions"`` (the seeds' bond lengths, angles and ring puckers kept exactly) or ``"full"``
-        (all coordinates from the prior, no seeds; needs a model trained with ``full_fraction > 0``).
+    mode : ``"torsions"`` (``DEFAULT_MODE``: the torsions of the seeds, whose bond lengths, angles and
+        ring puckers are kept exactly), ``"refine"`` (torsions and a coordinate refinement of the seeds)
+        or ``"full"`` (all coordinates from the prior, no seeds; needs a model trained with
+        ``full_fraction > 0``).
     guidance : physics guidance in the last part of the reverse diffusion (``confdiff.conformers.physics``):
         ``"repulsion"`` (bonded geometry + soft repulsion), ``"mmff"`` (MMFF94; a molecule without
         MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"none"``; None: the
@@ -303,7 +308,7 @@ class ConformerGenerator:
         validity_gate: bool = True,
         oversample: float | None = None,
         selection: str = "diverse",
-        mode: str = "refine",
+        mode: str = DEFAULT_MODE,
         guidance: str | None = None,
         guidance_scale: float | None = None,
     ):
@@ -439,12 +444,15 @@ class ConformerGenerator:
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
             notes.append(f"ETKDG failed; seed structures from {embedded.method}")
+        seeds = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
         if self.seed_relax == "mmff" and embedded.method == "etkdg":
             try:
                 relax_mmff(embedded.mol, list(embedded.conf_ids), max_iters=SEED_MMFF_ITERS)
             except RelaxationError as err:
                 notes.append(f"{err.reason}: the seed structures are used as embedded")
-        seeds = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
+            else:
+                minimised = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
+                seeds = _minimised_seeds(seeds, minimised, validity, notes)
         good = check.matches_input(seeds)
         if not good.any():
             raise GenerationError(name, "no seed structure has the input's stereochemistry")
@@ -667,6 +675,25 @@ def _intra_op_threads(threads: int | None):
             torch.set_num_threads(before)
 
 
+def _minimised_seeds(embedded: np.ndarray, minimised: np.ndarray, validity: ValidityChecker | None,
+                     notes: list[str]) -> np.ndarray:
+    """The seeds ``(S, N, 3)``: each MMFF94 minimum, or its embedded structure where the minimum fails a
+    check of the local geometry (``LOCAL_CHECKS``) that the embedded structure passes. MMFF94's minimum
+    can lie outside the distance-geometry bounds (the P-C-P angle of a bisphosphonate); no draw of the
+    torsions mode, which keeps the seed's bond lengths and angles, could then pass the gate."""
+    if validity is None:
+        return minimised
+    passes = []
+    for pos in (embedded, minimised):
+        verdicts = validity.check(pos)
+        passes.append(np.logical_and.reduce([verdicts[name] for name in LOCAL_CHECKS]))
+    take = passes[0] & ~passes[1]
+    if take.any():
+        notes.append(f"{int(take.sum())} of {len(take)} MMFF94-minimised seed structures failed a check of their "
+                     "bond lengths, angles or rings: their embedded structures are used")
+    return np.where(take[:, None, None], embedded, minimised)
+
+
 def _failed_checks(failed: dict[str, int]) -> str:
     """``"failed: internal_steric_clash 12, bond_lengths 3"``, most frequent first."""
     ranked = sorted(failed.items(), key=lambda kv: -kv[1])
@@ -711,7 +738,7 @@ def generate(
     prune_rms: float | None = None,
     device: str | None = None,
     model: str | os.PathLike | None = None,
-    mode: str = "refine",
+    mode: str = DEFAULT_MODE,
     validity_gate: bool = True,
     guidance: str | None = None,
     guidance_scale: float | None = None,

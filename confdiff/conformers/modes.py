@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FULL", "MODES", "REFINE", "TORSIONS", "Mode"]
+__all__ = ["DEFAULT_MODE", "FULL", "MODES", "REFINE", "TORSIONS", "Mode"]
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,6 @@ FULL = Mode("full", torsions=False, coordinates=True, full=True)
 _BY_NAME = {m.name: m for m in (REFINE, TORSIONS, FULL)}
 #: the names of the modes, the public string API (``mode="refine"``)
 MODES = tuple(_BY_NAME)
+#: the package's default, of sampling and of ``confdiff score``'s density: the torsions of MMFF94-minimised
+#: seeds (ahead of ``"refine"`` on the DRUGS and Platinum sets; docs/benchmarks.md, session 11)
+DEFAULT_MODE = "torsions"

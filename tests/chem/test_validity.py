@@ -6,7 +6,10 @@ import pytest
 from rdkit import Chem
 from rdkit.Chem import AllChem, rdDistGeom
 
-from confdiff.chem.validity import CHECKS, POSEBUSTERS_NAMES, ValidityChecker, ValidityError, flat_groups
+from confdiff.chem.relax import relax_mmff
+from confdiff.chem.torsions import moving_atoms, rotatable_bonds
+from confdiff.chem.validity import (CHECKS, LOCAL_CHECKS, POSEBUSTERS_NAMES, ValidityChecker, ValidityError,
+                                    flat_groups)
 
 
 def _mol(smiles: str) -> Chem.Mol:
@@ -205,6 +208,30 @@ def test_checks_passes_failures_and_batch_independence():
     assert failures[4] == list(checker.checks)  # a non-finite conformer fails everything
     for k in range(len(stack)):  # a conformer's verdicts do not depend on the rest of the stack
         assert {n: v[k] for n, v in result.items()} == {n: v[0] for n, v in checker.check(stack[k:k + 1]).items()}
+
+
+@pytest.mark.parametrize("smiles, minimise", [("O[C@@H]1CCCC[C@H]1/C=C/c1ccccc1", False),
+                                             ("CC(O)(P(=O)([O-])[O-])P(=O)([O-])[O-]", True)])
+def test_local_checks_do_not_see_torsion_rotations(smiles, minimise):
+    # what the torsions mode cannot change; etidronate's MMFF94 minima fail bond_angles, and so does every rotation
+    mol = _mol(smiles)
+    checker = ValidityChecker.from_mol(mol)
+    conformers = Chem.Mol(mol)
+    AllChem.EmbedMultipleConfs(conformers, 3, randomSeed=0)
+    if minimise:
+        relax_mmff(conformers, [c.GetId() for c in conformers.GetConformers()], max_iters=500)
+    pos = np.stack([c.GetPositions() for c in conformers.GetConformers()])
+    torsions = rotatable_bonds(mol)
+    assert torsions
+    rng = np.random.default_rng(0)
+    rotated = pos.copy()
+    for x in rotated:
+        for t, side in zip(torsions, moving_atoms(mol, torsions)):
+            x[side] = _rotate(x[side], x[t.v], x[t.v] - x[t.u], rng.uniform(-np.pi, np.pi))
+    assert np.abs(rotated - pos).max() > 0.5
+    before, after = checker.check(pos), checker.check(rotated)
+    assert all(before[name].tolist() == after[name].tolist() for name in LOCAL_CHECKS)
+    assert before["bond_angles"].all() != minimise
 
 
 def test_bad_input_is_refused():

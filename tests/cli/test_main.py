@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import confdiff
+
 from confdiff.cli import COMMANDS, main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +22,7 @@ def test_version_and_help_import_neither_e3nn_nor_torch_geometric(flag):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == []
-    assert ("confdiff 0.1.0" in proc.stdout) if flag == "--version" else all(name in proc.stdout for name in COMMANDS)
+    assert (f"confdiff {confdiff.__version__}" in proc.stdout) if flag == "--version" else all(name in proc.stdout for name in COMMANDS)
 
 
 def test_every_subcommand_module_lives_in_the_cli_package_and_parses():

@@ -120,14 +120,14 @@ def test_the_written_values_are_those_of_likelihood(tmp_path):
     assert score_command.run(args) == 0
     written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "out.sdf")]
     expected = likelihood(mol, confdiff.conformers.generator.load_model(tmp_path / "model.pt"), divergence="hutchinson",
-                          atol=1e-2, generator=torch.Generator().manual_seed(4), mode=score_command.DEFAULT_MODE)
+                          atol=1e-2, generator=torch.Generator().manual_seed(4), mode=score_command.DEFAULT_DENSITY)
     assert written == pytest.approx(expected, abs=1e-5)
     # the default solver: fixed RK4 steps; --steps and --atol exclude each other
     assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "rk4.sdf"), "--model",
                                    str(tmp_path / "model.pt"), "--steps", "3", "--device", "cpu")) == 0
     written = [m.GetDoubleProp("log_likelihood") for m in read_output(tmp_path / "rk4.sdf")]
     expected = likelihood(mol, confdiff.conformers.generator.load_model(tmp_path / "model.pt"), steps=3,
-                          mode=score_command.DEFAULT_MODE)
+                          mode=score_command.DEFAULT_DENSITY)
     assert written == pytest.approx(expected, abs=1e-5)
     assert score_command.run(parse(str(tmp_path / "in.sdf"), "-o", str(tmp_path / "both.sdf"), "--steps", "3",
                                    "--atol", "1e-3")) == 2

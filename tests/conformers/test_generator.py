@@ -77,6 +77,11 @@ def positions(mol: Chem.Mol) -> np.ndarray:
     return np.stack([c.GetPositions() for c in mol.GetConformers()])
 
 
+def by_draw(mol: Chem.Mol) -> dict[int, np.ndarray]:
+    """``{conformer_index: (N, 3)}``, in the conformers' order."""
+    return {c.GetIntProp("conformer_index"): c.GetPositions() for c in mol.GetConformers()}
+
+
 # --- stereochemistry -------------------------------------------------------------------------------
 
 def test_every_conformer_keeps_the_input_stereochemistry(generator):
@@ -171,11 +176,15 @@ def test_conformer_i_does_not_depend_on_batching_or_n(model):
     small = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=60, guidance="none")
     large = ConformerGenerator(model, device="cpu", steps=STEPS, max_atoms_per_batch=100000, guidance="none")
     a = positions(small.generate(STEREO_SMILES, n=8, seed=3))
-    b = positions(large.generate(STEREO_SMILES, n=8, seed=3))
-    c = positions(large.generate(STEREO_SMILES, n=3, seed=3))
+    b = by_draw(large.generate(STEREO_SMILES, n=8, seed=3))
+    c = by_draw(large.generate(STEREO_SMILES, n=3, seed=3))
     d = positions(large.generate(STEREO_SMILES, n=3, seed=4))
-    np.testing.assert_allclose(a, b, atol=1e-4)
-    np.testing.assert_allclose(b[:3], c, atol=1e-4)
+    np.testing.assert_allclose(a, np.stack(list(b.values())), atol=1e-4)
+    common = sorted(b.keys() & c.keys())  # oversampling selects different draws for another n
+    assert common
+    for i in common:
+        np.testing.assert_allclose(b[i], c[i], atol=1e-4)
+    b, c = np.stack(list(b.values())), np.stack(list(c.values()))
     assert np.abs(c - d).max() > 0.1
     assert np.abs(b[0] - b[1]).max() > 0.1  # conformers differ from each other
 
@@ -222,6 +231,26 @@ def test_a_molecule_without_mmff_parameters_keeps_its_embedded_seeds(model):
     assert mol.GetNumConformers() == 2
     with pytest.raises(ValueError, match="seed_relax must be one of"):
         ConformerGenerator(model, device="cpu", seed_relax="uff")
+
+
+def test_a_seed_whose_mmff_minimum_fails_a_local_check_keeps_its_embedded_structure(model):
+    # etidronate: MMFF94 opens the P-C-P angle beyond the distance-geometry bounds, which the torsions
+    # mode cannot change; the embedded seed passes, so the conformers keep its bond lengths and angles
+    smiles, seed = "CC(O)(P(=O)([O-])[O-])P(=O)([O-])[O-]", 0
+    checker = ValidityChecker.from_mol(Chem.AddHs(Chem.MolFromSmiles(smiles)))
+    embedded = embed_etkdg(Chem.MolFromSmiles(smiles), 1, seed=seed)
+    raw = embedded.mol.GetConformer(embedded.conf_ids[0]).GetPositions()[None]
+    raw_bonds = _bond_lengths(embedded.mol, embedded.conf_ids[0])
+    relax_mmff(embedded.mol, list(embedded.conf_ids), max_iters=SEED_MMFF_ITERS)
+    minimised = embedded.mol.GetConformer(embedded.conf_ids[0]).GetPositions()[None]
+    assert checker.check(raw)["bond_angles"].all() and not checker.check(minimised)["bond_angles"].any()
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, mode="torsions")
+    result = next(gen.generate_many([smiles], 4, seed=seed))  # 8 draws from one seed
+    assert result.ok and result.mol.GetNumConformers() == 4
+    assert any("their embedded structures are used" in note for note in result.warnings)
+    assert checker.passes(positions(result.mol)).all()
+    for conf in result.mol.GetConformers():
+        np.testing.assert_allclose(_bond_lengths(result.mol, conf.GetId()), raw_bonds, atol=1e-4)
 
 
 # --- oversampling -----------------------------------------------------------------------------------
