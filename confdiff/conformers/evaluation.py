@@ -319,8 +319,8 @@ class Job:
         if self.model is not None and os.path.isfile(self.model):
             stat = os.stat(self.model)
             stamp = [stat.st_size, stat.st_mtime_ns]
-        return json.dumps([__version__, self.method, self.key, self.num_confs, self.seed, self.model, stamp, self.pb_sample,
-                           self.steps])
+        return json.dumps([__version__, self.method, self.key, self.num_confs, self.seed, self.model, stamp,
+                           self.pb_sample, self.steps])
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,6 @@ FULL = Mode("full", torsions=False, coordinates=True, full=True)
 _BY_NAME = {m.name: m for m in (REFINE, TORSIONS, FULL)}
 #: the names of the modes, the public string API (``mode="refine"``)
 MODES = tuple(_BY_NAME)
-#: the package's default, of sampling and of ``confdiff score``'s density: the torsions of MMFF94-minimised
-#: seeds (ahead of ``"refine"`` on the DRUGS and Platinum sets; docs/benchmarks.md, session 11)
+#: the sampler's default: the torsions of MMFF94-minimised seeds (ahead of ``"refine"`` on the DRUGS and
+#: Platinum sets; docs/benchmarks.md, session 11). ``confdiff score``'s density has its own default.
 DEFAULT_MODE = "torsions"
