@@ -683,11 +683,14 @@ def _minimised_seeds(embedded: np.ndarray, minimised: np.ndarray, validity: Vali
     torsions mode, which keeps the seed's bond lengths and angles, could then pass the gate."""
     if validity is None:
         return minimised
-    passes = []
-    for pos in (embedded, minimised):
+
+    def local(pos: np.ndarray) -> np.ndarray:
         verdicts = validity.check(pos)
-        passes.append(np.logical_and.reduce([verdicts[name] for name in LOCAL_CHECKS]))
-    take = passes[0] & ~passes[1]
+        return np.logical_and.reduce([verdicts[name] for name in LOCAL_CHECKS])
+
+    take = ~local(minimised)
+    if take.any():  # the embedded structures are checked only where the minima fail
+        take[take] = local(embedded[take])
     if take.any():
         notes.append(f"{int(take.sum())} of {len(take)} MMFF94-minimised seed structures failed a check of their "
                      "bond lengths, angles or rings: their embedded structures are used")
