@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Evaluates one model of the size sweep (issue 14) at the package's default pipeline and without
-# guidance: the micro set on three seeds, the GFN2-xTB DRUGS reference set (ETKDGv3 + MMFF94 in the
-# same run), CPU time against ETKDGv3 (scripts/bench_generate.py), the spread of `confdiff score` over
-# copies rounded as an SD file rounds them (scripts/bench_likelihood_noise.py) and, with PLATINUM=1, the first 300
-# Platinum dev ligands (ETKDGv3 + MMFF94 in the same run). One thread per process.
+# guidance: the micro set and the GFN2-xTB DRUGS reference set (ETKDGv3 + MMFF94 in the same run),
+# each on three seeds, CPU time against ETKDGv3 (scripts/bench_generate.py), the spread of
+# `confdiff score` over copies rounded as an SD file rounds them (scripts/bench_likelihood_noise.py)
+# and, with PLATINUM=1, the first 300 Platinum dev ligands (ETKDGv3 + MMFF94 in the same run). One
+# thread per process.
 #   SIZE      the model: $RUN_ROOT/$SIZE/release.pt (scripts/train_size_sweep.sh)
 #   RUN_ROOT  default /work/runs/sweep;  OUT  where the results go (default docs/bench)
 # Every result is one file named after SIZE; a file already there is kept, so a rerun resumes.
 # The pipeline is the package default's: the refine mode for the files of sessions 9-11, the torsions
-# mode from version 0.2.0 (session 11) on.
+# mode from version 0.2.0 (session 11) on, with the torsion polish from 0.3.0 (session 12); the DRUGS
+# set ran on one seed (drugs_sweep_SIZE.json) until session 11 and on three from session 12.
 # The table and plot: scripts/plot_size_sweep.py --run "SIZE:PARAMETERS:$OUT/micro_sweep_SIZE_seed*.json".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,10 +28,12 @@ for S in 61453 1 2; do
         --threshold 0.75 --method confdiff:none --method confdiff --model "$MODEL" --seed "$S" --pb-sample 0 \
         --num-workers 1 --json "$F"
 done
-F="$OUT/drugs_sweep_$SIZE.json"
-[ -f "$F" ] || python -m confdiff benchmark data/reference/drugs_gfn2.sdf.gz --threshold 0.75 \
-    --method etkdg-mmff --method confdiff:none --method confdiff --model "$MODEL" --pb-sample 0 --num-workers 1 \
-    --json "$F"
+for S in 61453 1 2; do
+    F="$OUT/drugs_sweep_${SIZE}_seed$S.json"
+    [ -f "$F" ] || python -m confdiff benchmark data/reference/drugs_gfn2.sdf.gz --threshold 0.75 \
+        --method etkdg-mmff --method confdiff:none --method confdiff --model "$MODEL" --seed "$S" --pb-sample 0 \
+        --num-workers 1 --json "$F"
+done
 F="$OUT/generate_sweep_$SIZE.txt"
 [ -f "$F" ] || { python scripts/bench_generate.py --model "$MODEL" > "$F.part" && mv "$F.part" "$F"; }
 F="$OUT/likelihood_noise_sweep_$SIZE.txt"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The size sweep of issue 14: one model size per call, trained on the teacher ensembles of
 # scripts/build_training_data.sh with the same data, steps and schedule, so that only the size differs.
-#   SIZE      tiny (6,034 parameters) | small (the shipped architecture, 12,925) | medium (~126k, 10x) |
-#             large (~593k, 46x): `confdiff train --size` (confdiff.nn.score_model.MODEL_SIZES)
+#   SIZE      tiny (6,034 parameters, the shipped default's architecture) | small (12,925) | medium (~126k, 21x tiny) |
+#             large (~593k, 98x tiny): `confdiff train --size` (confdiff.nn.score_model.MODEL_SIZES)
 #   DATA      the built dataset (default /work/datasets/moses_teacher)
 #   RUN_ROOT  runs go to $RUN_ROOT/$SIZE (default /work/runs/sweep)
 #   STEPS     optimiser steps (default 20000); BATCH molecules per step (default 32; 128 on a GPU)

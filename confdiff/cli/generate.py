@@ -74,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "soft repulsion, cheap), mmff (MMFF94), none (default: the mode's, see docs)")
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
                         help="weight of -E/kT in the guided score at the end of the trajectory (default: the mode's)")
+    parser.add_argument("--polish-steps", type=int, default=0, metavar="K",
+                        help="steps of energy descent over the torsions alone after the diffusion, on the guidance "
+                             "potential (torsions mode; 0: off, the default; see docs/benchmarks.md)")
     parser.add_argument("--seed-relax", default="mmff", choices=("mmff", "none"),
                         help="minimise the ETKDG seed structures with MMFF94 before the diffusion (mmff, default; "
                              "the geometry the model was trained on) or use them as embedded (none)")
@@ -82,7 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "1: the first usable draws)")
     parser.add_argument("--select", default="diverse", choices=("diverse", "energy"),
                         help="which oversampled draws to keep: diverse (farthest-point in RMSD among the lowest "
-                             "75%% in MMFF94 energy as sampled; default) or energy (the lowest)")
+                             "--diverse-fraction in MMFF94 energy; default) or energy (the lowest)")
+    parser.add_argument("--diverse-fraction", type=float, default=0.75, metavar="F",
+                        help="share of the usable draws, the lowest in energy, that --select diverse chooses from "
+                             "(0.75); lower favours precision, higher recall")
     parser.add_argument("--relax", default="none", choices=RELAX_CHOICES,
                         help="relax every conformer (MMFF94 or xtb); energies go to the `energy` property")
     parser.add_argument("--prune", type=float, default=None, metavar="RMSD",
@@ -332,7 +338,8 @@ def run(args: argparse.Namespace) -> int:
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
             num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
-            oversample=args.oversample, selection=args.select,
+            oversample=args.oversample, selection=args.select, polish_steps=args.polish_steps,
+            diverse_fraction=args.diverse_fraction,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

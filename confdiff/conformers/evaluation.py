@@ -175,7 +175,8 @@ METHODS: dict[str, Generator] = {
 #: refine mode's earlier defaults: ``confdiff-etkdg-seeds`` diffuses from the ETKDG seeds as embedded
 #: (before session 7); ``confdiff-first`` keeps the first usable draws, without oversampling (before
 #: session 8); ``confdiff-lowest`` keeps the lowest in energy of 1.5 x draws, MMFF94 guidance at 1
-#: (session 8's first rule).
+#: (session 8's first rule). ``confdiff-polish`` adds the torsion polish (30 steps) and chooses among
+#: the lowest 90 % (session 12's candidate default).
 CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff": {},
     "confdiff-mmff": {"relax": "mmff"},
@@ -184,6 +185,7 @@ CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff-lowest": {"mode": "refine", "oversample": 1.5, "selection": "energy", "guidance_scale": 1.0},
     "confdiff-etkdg-seeds": {"mode": "refine", "seed_relax": "none", "oversample": 1, "guidance_scale": 1.0},
     "confdiff-refine": {"mode": "refine"},
+    "confdiff-polish": {"mode": "torsions", "polish_steps": 30, "diverse_fraction": 0.9},
     "confdiff-torsions": {"mode": "torsions"},
     "confdiff-full": {"mode": "full"},
     "confdiff-full-mmff": {"mode": "full", "relax": "mmff"},

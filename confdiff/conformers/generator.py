@@ -18,13 +18,18 @@ bonds), one with some, but not all, inverted is not used.
 
 Oversampling (``oversample``, default ``DEFAULT_OVERSAMPLE``): the first round makes
 ``ceil(oversample * n)`` draws (from as many more seeds), and ``n`` of the usable ones are kept, in
-draw order, chosen by their MMFF94 energy as sampled (no minimisation; the repulsion term for a
-molecule without MMFF94 parameters): ``selection="diverse"`` (default) keeps the lowest
-``DIVERSE_FRACTION`` in energy and selects ``n`` of them by farthest-point selection in heavy-atom
-RMSD, from the lowest (``chem.ensembles.farthest_point_conformers``); ``"energy"`` keeps the ``n``
-lowest. This is the teacher's energy window and pruning at the sampler's level: the draws that the
-model placed in strained regions go, and near-duplicates give way to distinct conformers
-(``docs/benchmarks.md``, "Oversampling ranked by MMFF94 energy").
+draw order, chosen by their MMFF94 energy as sampled (no full minimisation; the repulsion term for
+a molecule without MMFF94 parameters): ``selection="diverse"`` (default) keeps the lowest
+``diverse_fraction`` in energy (default ``DIVERSE_FRACTION``) and selects ``n`` of them by
+farthest-point selection in heavy-atom RMSD, from the lowest
+(``chem.ensembles.farthest_point_conformers``); ``"energy"`` keeps the ``n`` lowest. This is the
+teacher's energy window and pruning at the sampler's level: the draws that the model placed in
+strained regions go, and near-duplicates give way to distinct conformers (``docs/benchmarks.md``,
+"Oversampling ranked by MMFF94 energy").
+
+The torsion polish (``polish_steps``, the torsions mode only, off by default): after the reverse
+diffusion, each draw descends its own energy well over its torsions alone
+(:mod:`confdiff.conformers.polish`, on the guidance potential), before the checks and the ranking.
 
 The validity gate (``validity_gate=True``, the default): every conformer is checked by
 :class:`confdiff.chem.validity.ValidityChecker` (PoseBusters' geometry checks and the input's
@@ -64,6 +69,7 @@ from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from .modes import DEFAULT_MODE
 from .physics import (DEFAULT_GUIDANCE, GUIDANCE_CHOICES, BatchPotential, Potential, guidance_schedule, make_potential,
                       physics_guidance)
+from .polish import torsion_descent
 from ..diffusion.samplers import SAMPLERS, time_grid
 from ..nn.score_model import ScoreModel, ScoreModelConfig
 
@@ -277,8 +283,9 @@ class ConformerGenerator:
     oversample : draws per conformer asked for (>= 1; None: ``DEFAULT_OVERSAMPLE``); ``n`` of the
         usable draws are returned, chosen by ``selection`` (see the module docstring). 1 returns the
         first ``n`` usable draws.
-    selection : ``"diverse"`` (default: farthest-point in RMSD among the lowest ``DIVERSE_FRACTION``
-        in MMFF94 energy) or ``"energy"`` (the ``n`` lowest).
+    selection : ``"diverse"`` (default: farthest-point in RMSD among the lowest ``diverse_fraction``
+        in MMFF94 energy) or ``"energy"`` (the ``n`` lowest). diverse_fraction : in (0, 1]; lower
+        keeps fewer high-energy draws (precision), higher more distinct ones (recall).
     mode : ``"torsions"`` (``DEFAULT_MODE``: the torsions of the seeds, whose bond lengths, angles and
         ring puckers are kept exactly), ``"refine"`` (torsions and a coordinate refinement of the seeds)
         or ``"full"`` (all coordinates from the prior, no seeds; needs a model trained with
@@ -288,6 +295,9 @@ class ConformerGenerator:
         MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"none"``; None: the
         mode's default (``DEFAULT_GUIDANCE``). guidance_scale : ``lambda`` at the end of the
         trajectory (None: the mode's default); samples tend to ``p_model(x) exp(-lambda E(x) / kT)``.
+    polish_steps : steps of energy descent over the torsions alone after the reverse diffusion, on the
+        guidance potential (``confdiff.conformers.polish``; none without guidance); the torsions mode
+        only; 0 (the default) turns it off.
     """
 
     def __init__(
@@ -311,6 +321,8 @@ class ConformerGenerator:
         mode: str = DEFAULT_MODE,
         guidance: str | None = None,
         guidance_scale: float | None = None,
+        polish_steps: int = 0,
+        diverse_fraction: float = DIVERSE_FRACTION,
     ):
         steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
         oversample = DEFAULT_OVERSAMPLE if oversample is None else oversample
@@ -344,6 +356,10 @@ class ConformerGenerator:
             raise ValueError(f"oversample must be >= 1, got {oversample}")
         if selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        if not 0 < diverse_fraction <= 1:
+            raise ValueError(f"diverse_fraction must be in (0, 1], got {diverse_fraction}")
+        if polish_steps < 0:
+            raise ValueError(f"polish_steps must be >= 0, got {polish_steps}")
         self.device = _resolve_device(device)
         if isinstance(model, tuple):
             self.model, self.diffusion = model
@@ -351,6 +367,9 @@ class ConformerGenerator:
         else:
             self.model, self.diffusion = load_model(model, device=self.device, mode=mode)
         self.mode = self.diffusion.check_mode(mode)  # the Mode object, resolved once
+        if polish_steps and (self.mode.coordinates or not self.mode.torsions):
+            raise ValueError(f"polish_steps={polish_steps}: the torsion polish needs mode='torsions', got {mode!r}")
+        self.polish_steps = polish_steps
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
@@ -364,6 +383,7 @@ class ConformerGenerator:
         self.validity_gate = validity_gate
         self.oversample = oversample
         self.selection = selection
+        self.diverse_fraction = diverse_fraction
         self.guidance = guidance
         # lambda(t), zero at high noise (raises ValueError for a negative scale)
         scale = default_scale if guidance_scale is None else guidance_scale
@@ -545,10 +565,14 @@ class ConformerGenerator:
             sde = self.diffusion.sde(batch, self.mode)
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
-            if chunk[0][0].potential is not None:
-                score_fn = physics_guidance(score_fn, sde, functools.partial(self.diffusion.positions, sde, batch, pos_ref),
-                                            _batch_potential(chunk), self.guidance_schedule)
+            positions = functools.partial(self.diffusion.positions, sde, batch, pos_ref)
+            guided = chunk[0][0].potential is not None
+            if guided:
+                score_fn = physics_guidance(score_fn, sde, positions, _batch_potential(chunk), self.guidance_schedule)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
+            if guided and self.polish_steps:
+                y, _ = torsion_descent(y, positions, _batch_potential(chunk), batch.batch[batch.torsion_index[0]],
+                                       batch.num_graphs, self.polish_steps)
             pos = self.diffusion.positions(sde, batch, pos_ref, y)
             # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
             rigid = pos - sde.space.split(y)[-1] if self.mode.torsions and self.mode.coordinates else pos
@@ -634,7 +658,7 @@ class ConformerGenerator:
         order = np.argsort(job.ranking.energy_and_grad(torch.from_numpy(pos).double())[0].numpy(), kind="stable")
         if self.selection == "energy":
             return sorted(used[k] for k in order[:n])
-        candidates = order[: max(n, int(DIVERSE_FRACTION * len(order)))]
+        candidates = order[: max(n, int(self.diverse_fraction * len(order)))]
         mol = Chem.Mol(job.mol)
         for k in candidates:
             conf = Chem.Conformer(mol.GetNumAtoms())
@@ -749,6 +773,8 @@ def generate(
     seed_relax: str = "mmff",
     oversample: float | None = None,
     selection: str = "diverse",
+    polish_steps: int = 0,
+    diverse_fraction: float = DIVERSE_FRACTION,
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -763,5 +789,6 @@ def generate(
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
                                    num_threads=num_threads, seed_relax=seed_relax, oversample=oversample,
-                                   selection=selection)
+                                   selection=selection, polish_steps=polish_steps,
+                                   diverse_fraction=diverse_fraction)
     return generator.generate(mol_or_smiles, n, seed=seed)

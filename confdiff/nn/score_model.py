@@ -93,7 +93,7 @@ class ScoreModelConfig:
 
 
 #: named architectures (``ScoreModelConfig`` fields over the defaults) of ``confdiff train --size``
-#: and the size sweep: parameters 6,034 / 12,925 (the shipped model) / ~126k / ~593k
+#: and the size sweep: parameters 6,034 (the shipped default's architecture) / 12,925 / ~126k / ~593k
 MODEL_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"num_scalars": 12, "num_vectors": 3, "num_layers": 2, "edge_dim": 12},
     "small": {},

@@ -265,6 +265,10 @@ def test_usage_and_input_errors(tmp_path, model_path, capsys):
     assert generate(model_path, str(tmp_path / "in.smi"), "-o", str(tmp_path / "exists.sdf")) == 2
     assert "--resume" in capsys.readouterr().err
     assert generate(model_path, str(tmp_path / "in.smi"), "--energy-window", "3") == 2
+    assert generate(model_path, str(tmp_path / "in.smi"), "--mode", "refine", "--polish-steps", "5") == 2
+    assert "needs mode='torsions'" in capsys.readouterr().err
+    assert generate(model_path, str(tmp_path / "in.smi"), "--diverse-fraction", "0") == 2
+    assert "diverse_fraction must be in (0, 1]" in capsys.readouterr().err
     assert main(["generate", str(tmp_path / "in.smi"), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "no model checkpoint" in capsys.readouterr().err
 
@@ -312,7 +316,8 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     parser = argparse.ArgumentParser()
     generate_command.add_arguments(parser)
     args = parser.parse_args(["--smiles", "CCO", "--guidance", "repulsion", "--guidance-scale", "2",
-                              "--no-validity-gate", "--threads", "3"])
+                              "--no-validity-gate", "--threads", "3", "--polish-steps", "7",
+                              "--diverse-fraction", "0.6"])
     assert (args.guidance, args.guidance_scale) == ("repulsion", 2.0)
     seen = {}
 
@@ -328,3 +333,4 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     assert generate_command.run(args) == 0
     assert (seen["guidance"], seen["guidance_scale"]) == ("repulsion", 2.0)
     assert seen["validity_gate"] is False and seen["num_threads"] == 3
+    assert (seen["polish_steps"], seen["diverse_fraction"]) == (7, 0.6)

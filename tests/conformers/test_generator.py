@@ -20,6 +20,7 @@ from confdiff.chem.embed import embed_etkdg
 from confdiff.chem.ensembles import farthest_point_conformers
 from confdiff.chem.relax import relax_mmff
 from confdiff.conformers.generator import (
+    DIVERSE_FRACTION,
     SEED_MMFF_ITERS,
     ConformerGenerator,
     GenerationError,
@@ -287,13 +288,15 @@ def test_diverse_selection_is_farthest_point_among_the_lowest_in_energy(model):
     options = {"device": "cpu", "steps": STEPS, "validity_gate": False}
     every = ConformerGenerator(model, oversample=1, **options).generate(smiles, n=12, seed=4)
     energies = _mmff_energies(every)
+    chooser = ConformerGenerator(model, oversample=2, **options)  # selection="diverse"
+    assert chooser.diverse_fraction == DIVERSE_FRACTION == 0.75
     candidates = sorted(energies, key=energies.get)[:9]  # the lowest 75 % of the 12 draws
     pool = Chem.Mol(every)
     pool.RemoveAllConformers()
     for i in candidates:
         pool.AddConformer(Chem.Conformer(every.GetConformer(i)), assignId=True)
     expected = sorted(candidates[k] for k in farthest_point_conformers(pool, 6))
-    chosen = ConformerGenerator(model, oversample=2, **options).generate(smiles, n=6, seed=4)  # selection="diverse"
+    chosen = chooser.generate(smiles, n=6, seed=4)
     assert [c.GetIntProp("conformer_index") for c in chosen.GetConformers()] == expected
     assert candidates[0] in expected  # the lowest is always kept
 
