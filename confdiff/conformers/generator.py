@@ -566,13 +566,13 @@ class ConformerGenerator:
             y = sde.prior_sample(torch.zeros(sde.space.numel, device=self.device), generators)
             score_fn = self.diffusion.score_fn(self.model, batch, pos_ref, sde)
             positions = functools.partial(self.diffusion.positions, sde, batch, pos_ref)
-            guided = chunk[0][0].potential is not None
-            if guided:
-                score_fn = physics_guidance(score_fn, sde, positions, _batch_potential(chunk), self.guidance_schedule)
+            potential = _batch_potential(chunk) if chunk[0][0].potential is not None else None
+            if potential is not None:
+                score_fn = physics_guidance(score_fn, sde, positions, potential, self.guidance_schedule)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
-            if guided and self.polish_steps:
-                y, _ = torsion_descent(y, positions, _batch_potential(chunk), batch.batch[batch.torsion_index[0]],
-                                       batch.num_graphs, self.polish_steps)
+            if potential is not None and self.polish_steps:
+                y, _ = torsion_descent(y, positions, potential, batch.batch[batch.torsion_index[0]], batch.num_graphs,
+                                       self.polish_steps)
             pos = self.diffusion.positions(sde, batch, pos_ref, y)
             # the rigid part T(seed, d), without the coordinate refinement e (the fallback of a broken conformer)
             rigid = pos - sde.space.split(y)[-1] if self.mode.torsions and self.mode.coordinates else pos
