@@ -6,6 +6,7 @@
     python scripts/bench_generate.py --parallel 2 --threads 0   # 2 confdiff processes side by side, torch's threads
     python scripts/bench_generate.py --mode refine         # the refine sampling mode
     python scripts/bench_generate.py --polish-steps 30     # with the torsion polish
+    python scripts/bench_generate.py --polish-steps 30 --keep-unpolished   # choosing from both versions
 
 Each method runs in its own child process (``torch.set_num_threads(1)``, ETKDG with one thread) on
 the same molecules, so its CPU time and peak resident memory are its own; the script prints both and
@@ -115,7 +116,8 @@ def run_confdiff(args) -> dict:
     per_seed = {"conformers_per_seed": args.large_conformers_per_seed} if large else {}  # else the default
     generator = conformers.ConformerGenerator(
         model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size, num_threads=args.threads or None,
-        oversample=args.oversample, mode=args.mode, polish_steps=args.polish_steps, **per_seed)
+        oversample=args.oversample, mode=args.mode, polish_steps=args.polish_steps,
+        keep_unpolished=args.keep_unpolished, **per_seed)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
 
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
     parser.add_argument("--mode", default=DEFAULT_MODE, choices=MODES, help="the generator's sampling mode")
     parser.add_argument("--polish-steps", type=int, default=0, help="torsion polish steps (default 0: off)")
+    parser.add_argument("--keep-unpolished", action="store_true",
+                        help="the selection chooses from every draw as drawn and as polished")
     parser.add_argument("--batch-size", type=int, default=20000, help="max atoms per graph batch")
     parser.add_argument("--large", action="store_true",
                         help="instead: confdiff alone on a 151-heavy-atom molecule (peak memory, time)")
@@ -223,7 +227,7 @@ def main() -> None:
           f"steps={args.steps or 'default'}, "
           f"--batch-size {args.batch_size} atoms, confdiff: {args.parallel} process(es), "
           f"{args.threads or 'default'} torch thread(s), mode {args.mode}, "
-          f"polish steps {args.polish_steps}")
+          f"polish steps {args.polish_steps}{' (keeping the unpolished draws)' if args.keep_unpolished else ''}")
     print(f"{'method':<10} {'conformers':>10} {'CPU s':>8} {'ms/conf':>8} {'conf/CPU s':>10} {'peak RSS MB':>12} "
           f"{'(+ over start)':>14}")
     for method, r in results.items():

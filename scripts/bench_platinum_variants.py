@@ -6,11 +6,11 @@
 
 The same ligands, seed (0xf00d) and 50 conformers per ligand as ``confdiff benchmark --bioactive``,
 one thread, the shipped model. A variant is a set of ``ConformerGenerator`` options; the ``_eps4r``
-variants also give MMFF94 a distance-dependent dielectric (4 r) for the guidance, the torsion
-polish and the ranking, in this process (the seeds are minimised as usual): a screened potential
-damps the vacuum collapse of polar groups that pulls conformers away from crystal poses. Prints one
-JSON line per variant: the share of ligands within 0.5 / 1 / 2 A, the median smallest RMSD, the CPU
-seconds and each ligand's smallest RMSD.
+variants guide, polish and rank with ``guidance="mmff-screened"`` (MMFF94 with a distance-dependent
+dielectric 4 r; the seeds are minimised in vacuum as usual): a screened potential damps the vacuum
+collapse of polar groups that pulls conformers away from crystal poses. Prints one JSON line per
+variant: the share of ligands within 0.5 / 1 / 2 A, the median smallest RMSD, the CPU seconds and
+each ligand's smallest RMSD.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import time
 import numpy as np
 import torch
 from rdkit import Chem
-from rdkit.Chem import rdForceFieldHelpers
 
 from confdiff.chem.metrics import rmsd_matrix
 from confdiff.conformers import evaluation
@@ -34,25 +33,10 @@ VARIANTS = {
     "polish75": {"polish_steps": 30},
     "frac90": {"diverse_fraction": 0.9},
     "polish90": {"polish_steps": 30, "diverse_fraction": 0.9},
-    "polish75_eps4r": {"polish_steps": 30},
-    "polish90_eps4r": {"polish_steps": 30, "diverse_fraction": 0.9},
+    "eps4r": {"guidance": "mmff-screened"},
+    "polish75_eps4r": {"guidance": "mmff-screened", "polish_steps": 30},
+    "polish90_eps4r": {"guidance": "mmff-screened", "polish_steps": 30, "diverse_fraction": 0.9},
 }
-DISTANCE_DEPENDENT = 2  # RDKit's MMFF dielectric model code
-
-
-def _screen_mmff(constant: float = 4.0) -> None:
-    """Every later ``rdForceFieldHelpers.MMFFGetMoleculeProperties`` (the guidance's potential) gets a
-    distance-dependent dielectric ``constant * r``."""
-    original = rdForceFieldHelpers.MMFFGetMoleculeProperties
-
-    def screened(*args, **kwargs):
-        props = original(*args, **kwargs)
-        if props is not None:
-            props.SetMMFFDielectricModel(DISTANCE_DEPENDENT)
-            props.SetMMFFDielectricConstant(constant)
-        return props
-
-    rdForceFieldHelpers.MMFFGetMoleculeProperties = screened
 
 
 def main() -> None:
@@ -66,8 +50,6 @@ def main() -> None:
     molecules, _, _ = evaluation.select_molecules(records, {}, bioactive=True)
     molecules = dict(list(molecules.items())[: args.num_ligands])
     jobs = evaluation.make_jobs(molecules, ["confdiff"], {}, lambda k: 50, 0xF00D)
-    if args.variant.endswith("_eps4r"):
-        _screen_mmff()
     generator = ConformerGenerator(**VARIANTS[args.variant])
     best = []
     start = time.process_time()

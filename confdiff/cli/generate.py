@@ -37,6 +37,8 @@ from ..conformers.modes import DEFAULT_MODE, MODES
 
 __all__ = ["add_arguments", "completed_records", "keep_freed_memory", "run"]
 
+#: ``confdiff.conformers.physics.GUIDANCE_CHOICES``, spelled out so that ``--help`` does not import torch
+GUIDANCE_CHOICES = ("none", "repulsion", "mmff", "mmff-screened")
 RECORD = "record"  # 1-based input record number, on every output record
 ENSEMBLE_SIZE = "ensemble_size"  # conformers written for that input record
 REJECTED_DRAWS = "rejected_draws"  # draws of that input that the validity gate replaced
@@ -69,14 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="reverse-diffusion steps (default 20; 50 in the full mode)")
     parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")
-    parser.add_argument("--guidance", default=None, choices=("none", "repulsion", "mmff"),
+    parser.add_argument("--guidance", default=None, choices=GUIDANCE_CHOICES,
                         help="physics guidance near the end of the reverse diffusion: repulsion (bonded geometry + "
-                             "soft repulsion, cheap), mmff (MMFF94), none (default: the mode's, see docs)")
+                             "soft repulsion, cheap), mmff (MMFF94), mmff-screened (MMFF94 with a distance-dependent "
+                             "dielectric 4r, which also ranks the draws), none (default: the mode's, see docs)")
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="LAMBDA",
                         help="weight of -E/kT in the guided score at the end of the trajectory (default: the mode's)")
     parser.add_argument("--polish-steps", type=int, default=0, metavar="K",
                         help="steps of energy descent over the torsions alone after the diffusion, on the guidance "
                              "potential (torsions mode; 0: off, the default; see docs/benchmarks.md)")
+    parser.add_argument("--keep-unpolished", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --polish-steps, choose the conformers from every draw as drawn and as polished "
+                             "(default: the polished draws only)")
     parser.add_argument("--seed-relax", default="mmff", choices=("mmff", "none"),
                         help="minimise the ETKDG seed structures with MMFF94 before the diffusion (mmff, default; "
                              "the geometry the model was trained on) or use them as embedded (none)")
@@ -339,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
             num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
             oversample=args.oversample, selection=args.select, polish_steps=args.polish_steps,
-            diverse_fraction=args.diverse_fraction,
+            diverse_fraction=args.diverse_fraction, keep_unpolished=args.keep_unpolished,
         )
     except (FileNotFoundError, ValueError) as err:
         return usage(str(err))

@@ -176,7 +176,8 @@ METHODS: dict[str, Generator] = {
 #: (before session 7); ``confdiff-first`` keeps the first usable draws, without oversampling (before
 #: session 8); ``confdiff-lowest`` keeps the lowest in energy of 1.5 x draws, MMFF94 guidance at 1
 #: (session 8's first rule). ``confdiff-polish`` adds the torsion polish (30 steps) and chooses among
-#: the lowest 90 % (session 12's candidate default).
+#: the lowest 90 % (session 12's candidate default); ``confdiff-polish-both`` chooses from every draw as
+#: drawn and as polished (session 13).
 CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff": {},
     "confdiff-mmff": {"relax": "mmff"},
@@ -186,6 +187,7 @@ CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff-etkdg-seeds": {"mode": "refine", "seed_relax": "none", "oversample": 1, "guidance_scale": 1.0},
     "confdiff-refine": {"mode": "refine"},
     "confdiff-polish": {"mode": "torsions", "polish_steps": 30, "diverse_fraction": 0.9},
+    "confdiff-polish-both": {"mode": "torsions", "polish_steps": 30, "keep_unpolished": True},
     "confdiff-torsions": {"mode": "torsions"},
     "confdiff-full": {"mode": "full"},
     "confdiff-full-mmff": {"mode": "full", "relax": "mmff"},

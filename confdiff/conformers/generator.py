@@ -18,8 +18,9 @@ bonds), one with some, but not all, inverted is not used.
 
 Oversampling (``oversample``, default ``DEFAULT_OVERSAMPLE``): the first round makes
 ``ceil(oversample * n)`` draws (from as many more seeds), and ``n`` of the usable ones are kept, in
-draw order, chosen by their MMFF94 energy as sampled (no full minimisation; the repulsion term for
-a molecule without MMFF94 parameters): ``selection="diverse"`` (default) keeps the lowest
+draw order, chosen by their MMFF94 energy as sampled (no full minimisation; screened as the
+guidance is with ``guidance="mmff-screened"``; the repulsion term for a molecule without MMFF94
+parameters): ``selection="diverse"`` (default) keeps the lowest
 ``diverse_fraction`` in energy (default ``DIVERSE_FRACTION``) and selects ``n`` of them by
 farthest-point selection in heavy-atom RMSD, from the lowest
 (``chem.ensembles.farthest_point_conformers``); ``"energy"`` keeps the ``n`` lowest. This is the
@@ -30,6 +31,10 @@ strained regions go, and near-duplicates give way to distinct conformers (``docs
 The torsion polish (``polish_steps``, the torsions mode only, off by default): after the reverse
 diffusion, each draw descends its own energy well over its torsions alone
 (:mod:`confdiff.conformers.polish`, on the guidance potential), before the checks and the ranking.
+With ``keep_unpolished=True`` the selection chooses from both versions of every draw, as drawn and
+polished (each checked by the gate; a draw counts as usable when its polished version passes), so an
+ensemble keeps the draws whose polish collapsed them as well as their minima; each conformer carries
+``polished`` (1 or 0).
 
 The validity gate (``validity_gate=True``, the default): every conformer is checked by
 :class:`confdiff.chem.validity.ValidityChecker` (PoseBusters' geometry checks and the input's
@@ -292,12 +297,15 @@ class ConformerGenerator:
         ``full_fraction > 0``).
     guidance : physics guidance in the last part of the reverse diffusion (``confdiff.conformers.physics``):
         ``"repulsion"`` (bonded geometry + soft repulsion), ``"mmff"`` (MMFF94; a molecule without
-        MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"none"``; None: the
+        MMFF94 parameters falls back to ``"repulsion"`` with a warning), ``"mmff-screened"`` (MMFF94 with a
+        distance-dependent dielectric ``4 r``; it also ranks the oversampled draws), ``"none"``; None: the
         mode's default (``DEFAULT_GUIDANCE``). guidance_scale : ``lambda`` at the end of the
         trajectory (None: the mode's default); samples tend to ``p_model(x) exp(-lambda E(x) / kT)``.
     polish_steps : steps of energy descent over the torsions alone after the reverse diffusion, on the
         guidance potential (``confdiff.conformers.polish``; none without guidance); the torsions mode
-        only; 0 (the default) turns it off.
+        only; 0 (the default) turns it off. keep_unpolished : the oversampled selection chooses from every
+        draw as drawn and as polished (see the module docstring); without the polish or oversampling it
+        changes nothing.
     """
 
     def __init__(
@@ -323,6 +331,7 @@ class ConformerGenerator:
         guidance_scale: float | None = None,
         polish_steps: int = 0,
         diverse_fraction: float = DIVERSE_FRACTION,
+        keep_unpolished: bool = False,
     ):
         steps = DEFAULT_STEPS.get(mode, 1) if steps is None else steps
         oversample = DEFAULT_OVERSAMPLE if oversample is None else oversample
@@ -370,6 +379,7 @@ class ConformerGenerator:
         if polish_steps and (self.mode.coordinates or not self.mode.torsions):
             raise ValueError(f"polish_steps={polish_steps}: the torsion polish needs mode='torsions', got {mode!r}")
         self.polish_steps = polish_steps
+        self.keep_unpolished = keep_unpolished
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
@@ -434,6 +444,11 @@ class ConformerGenerator:
         yield from self._run(pack, n, seed)
 
     # --- stages -------------------------------------------------------------------------------------
+    @property
+    def _polishes(self) -> bool:
+        """Whether the draws are polished: polish steps asked for, and a guidance potential to descend."""
+        return self.polish_steps > 0 and self.guidance != "none" and self.guidance_schedule.scale != 0
+
     def _first_draws(self, n: int) -> int:
         """Draws of the first round for ``n`` conformers."""
         return math.ceil(self.oversample * n - 1e-9) * (FULL_MODE_DRAWS if self.mode.full else 1)  # 1.1 * 10 -> 11
@@ -489,14 +504,15 @@ class ConformerGenerator:
         """The guidance potential of ``mol`` (None without guidance) and the energy that ranks
         oversampled draws (None without oversampling). MMFF94 falls back to the repulsion term."""
         guided = self.guidance != "none" and self.guidance_schedule.scale != 0
+        mmff_kind = self.guidance if self.guidance.startswith("mmff") else "mmff"  # a screened guidance ranks screened
         mmff = None
-        if (guided and self.guidance == "mmff") or self.oversample > 1:
+        if (guided and self.guidance == mmff_kind) or self.oversample > 1:
             try:
-                mmff = make_potential("mmff", mol)
+                mmff = make_potential(mmff_kind, mol)
             except ValueError as err:
                 notes.append(f"{err}: the repulsion term stands in for it")
                 mmff = make_potential("repulsion", mol)
-        potential = None if not guided else mmff if self.guidance == "mmff" else make_potential(self.guidance, mol)
+        potential = None if not guided else mmff if self.guidance == mmff_kind else make_potential(self.guidance, mol)
         return potential, mmff if self.oversample > 1 else None
 
     def _run(self, pack: list, n: int, seed: int) -> Iterator[GenerationResult]:
@@ -506,6 +522,7 @@ class ConformerGenerator:
         first = self._first_draws(n)
         draws = {id(job): first for job in jobs}
         usable: dict[int, dict[int, np.ndarray]] = {id(job): {} for job in jobs}  # {draw index: (N, 3)}
+        unpolished: dict[int, dict[int, np.ndarray]] = {id(job): {} for job in jobs}  # the same, as drawn
         failed: dict[int, dict[str, int]] = {id(job): {} for job in jobs}  # {check: draws failing it}
         errors: dict[int, Exception] = {}
         tasks = {id(job): (job, range(first)) for job in jobs}
@@ -514,7 +531,9 @@ class ConformerGenerator:
                 if isinstance(outcome, Exception):
                     errors[key] = outcome
                 else:
-                    usable[key].update(self._usable(*outcome, failed[key]))
+                    passed, passed_unpolished = self._usable(*outcome, failed[key])
+                    usable[key].update(passed)
+                    unpolished[key].update(passed_unpolished)
             tasks = {}
             for job in jobs if self.validity_gate else ():
                 key = id(job)
@@ -532,12 +551,13 @@ class ConformerGenerator:
             try:
                 if id(item) in errors:
                     raise errors[id(item)]
-                yield self._finish(item, usable[id(item)], draws[id(item)], failed[id(item)], seed, n)
+                yield self._finish(item, usable[id(item)], unpolished[id(item)], draws[id(item)], failed[id(item)],
+                                   seed, n)
             except _MOLECULE_ERRORS as err:
                 yield _failure(item.index, item.name, err)
 
     def _sample_all(self, tasks: dict[int, tuple[_Job, range]], seed: int) -> dict[int, tuple | Exception]:
-        """``id(job) -> (job, indices, pos, rigid)`` for ``tasks: id(job) -> (job, draw indices)``,
+        """``id(job) -> (job, indices, pos, rigid, unpolished)`` for ``tasks: id(job) -> (job, draw indices)``,
         sampled in shared batches (on ``num_threads`` threads on the CPU); when that runs out of
         memory, every job is sampled alone so that only the culprit gets the error."""
         try:
@@ -551,11 +571,14 @@ class ConformerGenerator:
     @torch.no_grad()
     def _sample(self, tasks: list[tuple[_Job, range]], seed: int) -> dict[int, tuple]:
         """Reverse diffusion for the given draws of every job, in batches of at most
-        ``max_atoms_per_batch`` atoms. Per job ``(job, indices, pos, rigid)``, each of the last two
-        (D, N, 3): the conformers and their torsion-only part ``T(seed, d)`` without the
-        coordinate refinement ``e``."""
-        out = {id(job): (job, np.asarray(indices), np.empty((len(indices), job.num_atoms, 3), np.float32),
-                         np.empty((len(indices), job.num_atoms, 3), np.float32)) for job, indices in tasks}
+        ``max_atoms_per_batch`` atoms. Per job ``(job, indices, pos, rigid, unpolished)``, each of the
+        last three (D, N, 3): the conformers, their torsion-only part ``T(seed, d)`` without the
+        coordinate refinement ``e``, and the conformers before the polish (None unless
+        ``keep_unpolished`` and polished)."""
+        keep = self.keep_unpolished and self._polishes
+        out = {id(job): (job, np.asarray(indices), *(np.empty((len(indices), job.num_atoms, 3), np.float32)
+                                                     for _ in range(2 + keep)), *(() if keep else (None,)))
+               for job, indices in tasks}
         draws = [(job, i, k) for job, indices in tasks for k, i in enumerate(indices)]
         ts = time_grid(self.steps).to(self.device)
         for chunk in self._chunks(draws):
@@ -570,6 +593,7 @@ class ConformerGenerator:
             if potential is not None:
                 score_fn = physics_guidance(score_fn, sde, positions, potential, self.guidance_schedule)
             y = SAMPLERS[self.sampler](score_fn, y, sde, ts, generator=generators)
+            drawn = self.diffusion.positions(sde, batch, pos_ref, y) if keep else None
             if potential is not None and self.polish_steps:
                 y, _ = torsion_descent(y, positions, potential, batch.batch[batch.torsion_index[0]], batch.num_graphs,
                                        self.polish_steps)
@@ -580,6 +604,9 @@ class ConformerGenerator:
             for (job, _, k), full_k, rigid_k in zip(chunk, pos.cpu().split(sizes), rigid.cpu().split(sizes)):
                 out[id(job)][2][k] = full_k.numpy()
                 out[id(job)][3][k] = rigid_k.numpy()
+            if drawn is not None:
+                for (job, _, k), drawn_k in zip(chunk, drawn.cpu().split(sizes)):
+                    out[id(job)][4][k] = drawn_k.numpy()
         return out
 
     def _chunks(self, tasks: list) -> Iterator[list]:
@@ -599,12 +626,13 @@ class ConformerGenerator:
         return (i // self.conformers_per_seed) % len(job.seeds)
 
     def _usable(self, job: _Job, indices: np.ndarray, pos: np.ndarray, rigid: np.ndarray,
-                failed: dict[str, int]) -> dict[int, np.ndarray]:
+                unpolished: np.ndarray | None, failed: dict[str, int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """The usable draws ``{draw index: (N, 3)}`` of ``pos (D, N, 3)``: the configuration fixed (refine:
         a conformer that changed its seed's configuration or stretched a bond by over
         ``MAX_BOND_STRETCH`` takes its torsion-only part ``rigid``; full: a mirror image is
         reflected, any other wrong configuration is not used), then the validity gate. Counts
-        each check's failures in ``failed``."""
+        each check's failures in ``failed``. Second: the usable draws' versions before the polish
+        (``unpolished (D, N, 3)``, torsions mode; None: none) that pass the gate too."""
         if self.mode.full:
             good = job.check.matches_input(pos)
             mirrored = ~good & job.check.matches_input(-pos)
@@ -625,26 +653,38 @@ class ConformerGenerator:
                 if (keep & ~ok).any():
                     failed[name] = failed.get(name, 0) + int((keep & ~ok).sum())
                 keep &= ok
-        return {int(i): p for i, p, k in zip(indices, pos, keep) if k}
+        usable = {int(i): p for i, p, k in zip(indices, pos, keep) if k}
+        if unpolished is None:
+            return usable, {}
+        if job.validity is not None:  # the torsion changes keep every configuration: only the gate decides
+            keep = keep & np.logical_and.reduce(list(job.validity.check(unpolished).values()))
+        return usable, {int(i): p for i, p, k in zip(indices, unpolished, keep) if k}
 
-    def _finish(self, job: _Job, usable: dict[int, np.ndarray], draws: int, failed: dict[str, int], seed: int,
-                n: int) -> GenerationResult:
-        """``n`` usable draws (chosen by ``selection`` when oversampling, else the first), relaxed,
-        windowed and pruned as asked, as one ``Mol``."""
+    def _finish(self, job: _Job, usable: dict[int, np.ndarray], unpolished: dict[int, np.ndarray], draws: int,
+                failed: dict[str, int], seed: int, n: int) -> GenerationResult:
+        """``n`` usable draws (chosen by ``selection`` when oversampling, from ``usable`` and, with
+        ``keep_unpolished``, their versions before the polish; else the first), relaxed, windowed and
+        pruned as asked, as one ``Mol``."""
         notes = list(job.warnings)
         if not usable:
             raise GenerationError(job.name, f"none of {draws} draws was usable ({_failed_checks(failed)})")
+        pool = {(i, True): p for i, p in usable.items()} | {(i, False): p for i, p in unpolished.items()}
         used = sorted(usable)
-        used = self._choose(job, usable, used, n) if job.ranking is not None and len(used) > n else used[:n]
+        if job.ranking is not None and len(pool) > n:
+            chosen = self._choose(job, pool, n)
+        else:
+            chosen = [(i, True) for i in used[:n]]
         if len(used) < n:
             notes.append(f"only {len(used)} of {draws} draws were usable ({_failed_checks(failed)}): "
                          f"{len(used)} conformers instead of {n}")
         out = Chem.Mol(job.mol)
-        for i in used:
+        for i, polished in chosen:
             conf = Chem.Conformer(out.GetNumAtoms())
-            conf.SetPositions(usable[i].astype(np.float64))
+            conf.SetPositions(pool[i, polished].astype(np.float64))
             conf.SetIntProp("conformer_index", i)
             conf.SetIntProp("seed", seed)
+            if self._polishes:
+                conf.SetIntProp("polished", int(polished))
             out.AddConformer(conf, assignId=True)
         if self.relax is not None or self.prune_rms is not None:
             self._select(out, notes)
@@ -652,9 +692,11 @@ class ConformerGenerator:
         return GenerationResult(job.index, job.name, out, None, notes, rejected_draws=draws - len(usable),
                                 num_draws=draws)
 
-    def _choose(self, job: _Job, usable: dict[int, np.ndarray], used: list[int], n: int) -> list[int]:
-        """``n`` of the usable draws ``used`` (sorted draw indices), chosen by ``selection`` from their energies."""
-        pos = np.stack([usable[i] for i in used])
+    def _choose(self, job: _Job, pool: dict[tuple[int, bool], np.ndarray], n: int) -> list[tuple[int, bool]]:
+        """``n`` of the candidates ``pool`` (``{(draw index, polished): (N, 3)}``), chosen by ``selection`` from
+        their energies; sorted."""
+        used = sorted(pool)
+        pos = np.stack([pool[key] for key in used])
         order = np.argsort(job.ranking.energy_and_grad(torch.from_numpy(pos).double())[0].numpy(), kind="stable")
         if self.selection == "energy":
             return sorted(used[k] for k in order[:n])
@@ -775,6 +817,7 @@ def generate(
     selection: str = "diverse",
     polish_steps: int = 0,
     diverse_fraction: float = DIVERSE_FRACTION,
+    keep_unpolished: bool = False,
 ) -> Chem.Mol:
     """``n`` conformers of a molecule (an RDKit ``Mol`` or a SMILES string), shipped model by default.
 
@@ -790,5 +833,5 @@ def generate(
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
                                    num_threads=num_threads, seed_relax=seed_relax, oversample=oversample,
                                    selection=selection, polish_steps=polish_steps,
-                                   diverse_fraction=diverse_fraction)
+                                   diverse_fraction=diverse_fraction, keep_unpolished=keep_unpolished)
     return generator.generate(mol_or_smiles, n, seed=seed)

@@ -32,7 +32,9 @@ Potentials are built once per molecule (``from_mol``) and evaluate conformers in
   bound PoseBusters' internal clash check scales), a planarity term on the groups the validity
   checks require flat, and a flat-bottom term on the signs of the stereo elements the input specifies.
 * :class:`MMFFPotential`: MMFF94 through RDKit, one force field per molecule, ``CalcEnergy`` /
-  ``CalcGrad`` per conformer.
+  ``CalcGrad`` per conformer. ``"mmff"`` is MMFF94 as parametrised (vacuum, dielectric 1);
+  ``"mmff-screened"`` gives its electrostatics a distance-dependent dielectric ``SCREENED_DIELECTRIC * r``
+  (RDKit's MMFF option), which damps the vacuum collapse of polar groups onto each other.
 
 The density of ``confdiff score`` (:mod:`confdiff.conformers.likelihood`) is the model's own:
 guidance changes sampling only.
@@ -63,12 +65,16 @@ __all__ = [
     "MMFFPotential",
     "Potential",
     "RepulsionPotential",
+    "SCREENED_DIELECTRIC",
     "guidance_schedule",
     "make_potential",
     "physics_guidance",
 ]
 
-GUIDANCE_CHOICES = ("none", "repulsion", "mmff")
+GUIDANCE_CHOICES = ("none", "repulsion", "mmff", "mmff-screened")
+#: ``"mmff-screened"``: MMFF94 electrostatics over a distance-dependent dielectric ``SCREENED_DIELECTRIC * r``
+#: (``r`` in Angstrom), the common screened choice for conformer searches in solution
+SCREENED_DIELECTRIC = 4.0
 KT_298 = 0.0019872043 * 298.15  # kcal/mol: Boltzmann's constant (kcal/mol/K) times 298.15 K
 #: per mode, ``(potential, scale)`` when the user names neither: refine from PoseBusters validity and micro-set
 #: and DRUGS COV/MAT together with the generator's diverse selection of oversampled draws (MMFF94 at 3; at 1
@@ -254,26 +260,33 @@ def _double_bond_sides(pos: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
 
 # --- MMFF94 ---------------------------------------------------------------------------------------------
 
+_DISTANCE_DEPENDENT = 2  # RDKit's code of the MMFF dielectric model eps(r) = constant * r
+
+
 class MMFFPotential:
     """MMFF94 through RDKit: one ``MMFFGetMoleculeForceField`` per molecule, evaluated per conformer.
 
-    Raises ``ValueError`` when MMFF94 has no parameters for the molecule.
+    screened : electrostatics over a distance-dependent dielectric ``SCREENED_DIELECTRIC * r`` in place of
+    MMFF94's constant 1. Raises ``ValueError`` when MMFF94 has no parameters for the molecule.
     """
 
-    def __init__(self, mol: Chem.Mol, variant: str = "MMFF94"):
+    def __init__(self, mol: Chem.Mol, variant: str = "MMFF94", *, screened: bool = False):
         probe = Chem.Mol(mol)
         if probe.GetNumConformers() == 0:  # the force field needs a conformer; its coordinates are not used
             probe.AddConformer(Chem.Conformer(probe.GetNumAtoms()), assignId=True)
         props = rdForceFieldHelpers.MMFFGetMoleculeProperties(probe, mmffVariant=variant)
         if props is None:
             raise ValueError(f"{variant} has no parameters for {Chem.MolToSmiles(Chem.RemoveHs(mol))}")
+        if screened:
+            props.SetMMFFDielectricModel(_DISTANCE_DEPENDENT)
+            props.SetMMFFDielectricConstant(SCREENED_DIELECTRIC)
         self.num_atoms = probe.GetNumAtoms()
         self._mol = probe  # the force field keeps a reference to it
         self._ff = rdForceFieldHelpers.MMFFGetMoleculeForceField(probe, props, ignoreInterfragInteractions=False)
 
     @classmethod
-    def from_mol(cls, mol: Chem.Mol) -> MMFFPotential:
-        return cls(mol)
+    def from_mol(cls, mol: Chem.Mol, *, screened: bool = False) -> MMFFPotential:
+        return cls(mol, screened=screened)
 
     def energy_and_grad(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         """``(E (B,), dE/dx (B, N, 3))`` for ``pos (B, N, 3)``; computed in float64 on the CPU."""
@@ -293,8 +306,8 @@ def make_potential(kind: str, mol: Chem.Mol) -> Potential | None:
         return None
     if kind == "repulsion":
         return RepulsionPotential.from_mol(mol)
-    if kind == "mmff":
-        return MMFFPotential.from_mol(mol)
+    if kind in ("mmff", "mmff-screened"):
+        return MMFFPotential.from_mol(mol, screened=kind == "mmff-screened")
     raise ValueError(f"unknown guidance {kind!r}; choose from {GUIDANCE_CHOICES}")
 
 

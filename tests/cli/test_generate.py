@@ -317,7 +317,7 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     generate_command.add_arguments(parser)
     args = parser.parse_args(["--smiles", "CCO", "--guidance", "repulsion", "--guidance-scale", "2",
                               "--no-validity-gate", "--threads", "3", "--polish-steps", "7",
-                              "--diverse-fraction", "0.6"])
+                              "--diverse-fraction", "0.6", "--keep-unpolished"])
     assert (args.guidance, args.guidance_scale) == ("repulsion", 2.0)
     seen = {}
 
@@ -333,4 +333,13 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     assert generate_command.run(args) == 0
     assert (seen["guidance"], seen["guidance_scale"]) == ("repulsion", 2.0)
     assert seen["validity_gate"] is False and seen["num_threads"] == 3
-    assert (seen["polish_steps"], seen["diverse_fraction"]) == (7, 0.6)
+    assert (seen["polish_steps"], seen["diverse_fraction"], seen["keep_unpolished"]) == (7, 0.6, True)
+
+
+def test_guidance_choices_are_the_generators():
+    from confdiff.conformers.physics import GUIDANCE_CHOICES
+
+    assert generate_command.GUIDANCE_CHOICES == GUIDANCE_CHOICES
+    parser = argparse.ArgumentParser()
+    generate_command.add_arguments(parser)
+    assert parser.parse_args(["--smiles", "CCO", "--guidance", "mmff-screened"]).guidance == "mmff-screened"

@@ -21,6 +21,7 @@ from confdiff.diffusion import SDE, Euclidean, Product, ProductSDE, VEGeometric
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from confdiff.conformers.physics import (
     KT_298,
+    SCREENED_DIELECTRIC,
     BatchPotential,
     GuidanceSchedule,
     MMFFPotential,
@@ -206,6 +207,22 @@ def test_mmff_matches_rdkit_and_finite_differences(mols):
         step[:, atom, axis] = h
         fd = (potential.energy_and_grad(pos + step)[0] - potential.energy_and_grad(pos - step)[0]) / (2 * h)
         torch.testing.assert_close(grad[:, atom, axis], fd, rtol=1e-4, atol=1e-4)
+
+
+def test_screened_mmff_is_rdkits_distance_dependent_dielectric(mols):
+    mol = mols[3]  # an ester and an amide: electrostatics matter
+    pos = positions_of(mol)
+    energy, grad = MMFFPotential.from_mol(mol, screened=True).energy_and_grad(pos)
+    vacuum, _ = make_potential("mmff", mol).energy_and_grad(pos)
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    props.SetMMFFDielectricModel(2)  # RDKit: 2 is distance-dependent
+    props.SetMMFFDielectricConstant(SCREENED_DIELECTRIC)
+    for c in range(2):
+        ff = AllChem.MMFFGetMoleculeForceField(mol, props, confId=c)
+        assert energy[c].item() == pytest.approx(ff.CalcEnergy(), rel=1e-9)
+        np.testing.assert_allclose(grad[c].numpy().ravel(), ff.CalcGrad(), rtol=1e-9, atol=1e-9)
+    assert (energy - vacuum).abs().min() > 1.0  # kcal/mol: the screening changes the electrostatics
+    torch.testing.assert_close(make_potential("mmff-screened", mol).energy_and_grad(pos)[0], energy)
 
 
 def test_make_potential_and_validation():
@@ -422,6 +439,22 @@ def test_generator_mmff_falls_back_for_missing_parameters_and_validates():
         ConformerGenerator(model, device="cpu", guidance="uff")
     with pytest.raises(ValueError, match="scale must be >= 0"):
         ConformerGenerator(model, device="cpu", guidance="repulsion", guidance_scale=-1.0)
+
+
+def test_screened_guidance_also_ranks_the_draws():
+    model = tiny_model()
+    mol = embedded("OCCOCCO")
+    screened = make_potential("mmff-screened", mol)
+    pos = positions_of(mol)
+    for guidance, scale in (("mmff-screened", 1.0), ("mmff-screened", 0.0)):
+        gen = ConformerGenerator(model, device="cpu", steps=3, guidance=guidance, guidance_scale=scale, oversample=2)
+        potential, ranking = gen._potentials(Chem.Mol(mol), [])
+        torch.testing.assert_close(ranking.energy_and_grad(pos)[0], screened.energy_and_grad(pos)[0])
+        assert (potential is ranking) == (scale > 0)
+    gen = ConformerGenerator(model, device="cpu", steps=3, guidance="repulsion", oversample=2)
+    _, ranking = gen._potentials(Chem.Mol(mol), [])  # other guidance: the draws are ranked in vacuum
+    torch.testing.assert_close(ranking.energy_and_grad(pos)[0], make_potential("mmff", mol).energy_and_grad(pos)[0])
+    assert gen.generate("OCCOCCO", n=3, seed=0).GetNumConformers() == 3
 
 
 def test_benchmark_method_names_carry_guidance():

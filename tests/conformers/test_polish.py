@@ -134,6 +134,31 @@ def test_generator_polishes_the_torsions_mode_only():
     assert ConformerGenerator(model, device="cpu").polish_steps == 0
 
 
+def test_keep_unpolished_chooses_from_both_versions_of_every_draw():
+    model = tiny_model()
+    smiles = "CCOC(=O)c1ccccc1NC(=O)CCN(C)C"
+    options = dict(device="cpu", steps=6, mode="torsions", guidance="mmff", validity_gate=False)
+    # the same 12 draws (the noise of draw i depends on (seed, i) only), as drawn and as polished
+    drawn = ConformerGenerator(model, oversample=1, **options).generate(smiles, n=12, seed=0)
+    polished = ConformerGenerator(model, oversample=1, polish_steps=30, **options).generate(smiles, n=12, seed=0)
+    lowest = ConformerGenerator(model, oversample=2, selection="energy", polish_steps=30, keep_unpolished=True,
+                                **options).generate(smiles, n=6, seed=0)
+    potential = MMFFPotential.from_mol(drawn)
+    pool = {(c.GetIntProp("conformer_index"), flag): c.GetPositions()
+            for flag, mol in ((0, drawn), (1, polished)) for c in mol.GetConformers()}
+    energy = dict(zip(pool, potential.energy_and_grad(torch.tensor(np.stack(list(pool.values()))))[0].tolist()))
+    chosen = [(c.GetIntProp("conformer_index"), c.GetIntProp("polished")) for c in lowest.GetConformers()]
+    assert chosen == sorted(sorted(pool, key=energy.get)[:6])  # the 6 lowest of the 24 versions
+    for c, key in zip(lowest.GetConformers(), chosen):
+        np.testing.assert_allclose(c.GetPositions(), pool[key], atol=1e-4)
+    # without the polish the option changes nothing
+    plain = ConformerGenerator(model, oversample=2, **options).generate(smiles, n=6, seed=0)
+    kept = ConformerGenerator(model, oversample=2, keep_unpolished=True, **options).generate(smiles, n=6, seed=0)
+    assert not kept.GetConformer(0).HasProp("polished")
+    for a, b in zip(plain.GetConformers(), kept.GetConformers()):
+        np.testing.assert_array_equal(a.GetPositions(), b.GetPositions())
+
+
 def test_a_batch_without_torsions_keeps_its_energies():
     def positions(d):
         return torch.ones(2, 3, dtype=torch.float64)
