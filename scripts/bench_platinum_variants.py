@@ -33,6 +33,7 @@ VARIANTS = {
     "polish75": {"polish_steps": 30},
     "frac90": {"diverse_fraction": 0.9},
     "polish90": {"polish_steps": 30, "diverse_fraction": 0.9},
+    "both": {"polish_steps": 30, "keep_unpolished": True},
     "eps4r": {"guidance": "mmff-screened"},
     "polish75_eps4r": {"guidance": "mmff-screened", "polish_steps": 30},
     "polish90_eps4r": {"guidance": "mmff-screened", "polish_steps": 30, "diverse_fraction": 0.9},

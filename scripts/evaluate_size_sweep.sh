@@ -9,7 +9,8 @@
 #   RUN_ROOT  default /work/runs/sweep;  OUT  where the results go (default docs/bench)
 # Every result is one file named after SIZE; a file already there is kept, so a rerun resumes.
 # The pipeline is the package default's: the refine mode for the files of sessions 9-11, the torsions
-# mode from version 0.2.0 (session 11) on, with the torsion polish from 0.3.0 (session 12); the DRUGS
+# mode from version 0.2.0 (session 11) on (session 12's *_polish_tiny10k_s12* files came from a development
+# build whose default had the torsion polish; it never landed); the DRUGS
 # set ran on one seed (drugs_sweep_SIZE.json) until session 11 and on three from session 12.
 # The table and plot: scripts/plot_size_sweep.py --run "SIZE:PARAMETERS:$OUT/micro_sweep_SIZE_seed*.json".
 set -euo pipefail
