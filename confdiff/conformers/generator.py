@@ -576,9 +576,12 @@ class ConformerGenerator:
         coordinate refinement ``e``, and the conformers before the polish (None unless
         ``keep_unpolished`` and polished)."""
         keep = self.keep_unpolished and self._polishes
-        out = {id(job): (job, np.asarray(indices), *(np.empty((len(indices), job.num_atoms, 3), np.float32)
-                                                     for _ in range(2 + keep)), *(() if keep else (None,)))
-               for job, indices in tasks}
+
+        def empty(job: _Job, indices: range) -> np.ndarray:
+            return np.empty((len(indices), job.num_atoms, 3), np.float32)
+
+        out = {id(job): (job, np.asarray(indices), empty(job, indices), empty(job, indices),
+                         empty(job, indices) if keep else None) for job, indices in tasks}
         draws = [(job, i, k) for job, indices in tasks for k, i in enumerate(indices)]
         ts = time_grid(self.steps).to(self.device)
         for chunk in self._chunks(draws):
@@ -625,8 +628,8 @@ class ConformerGenerator:
     def _seed_of(self, job: _Job, i: int) -> int:
         return (i // self.conformers_per_seed) % len(job.seeds)
 
-    def _usable(self, job: _Job, indices: np.ndarray, pos: np.ndarray, rigid: np.ndarray,
-                unpolished: np.ndarray | None, failed: dict[str, int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    def _usable(self, job: _Job, indices: np.ndarray, pos: np.ndarray, rigid: np.ndarray, unpolished: np.ndarray | None,
+                failed: dict[str, int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """The usable draws ``{draw index: (N, 3)}`` of ``pos (D, N, 3)``: the configuration fixed (refine:
         a conformer that changed its seed's configuration or stretched a bond by over
         ``MAX_BOND_STRETCH`` takes its torsion-only part ``rigid``; full: a mirror image is
