@@ -1,0 +1,26 @@
+"""scripts/bench_polish_pool.py: the candidates each rule offers the farthest-point selection."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("bench_polish_pool", ROOT / "scripts" / "bench_polish_pool.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_polish_pool"] = bench
+spec.loader.exec_module(bench)
+
+
+def test_rules_order_and_cut_the_pool():
+    # four draws; draw 3 lost its polished version to the gate; a polished version is never higher
+    drawn = {0: None, 1: None, 2: None, 3: None}
+    polished = {0: None, 1: None, 2: None}
+    energy = {(0, False): 9.0, (0, True): 1.0, (1, False): 3.0, (1, True): 2.5, (2, False): 8.0, (2, True): 7.0,
+              (3, False): 4.0}
+    assert bench.candidates("drawn75", drawn, polished, energy) == [(1, False), (3, False), (2, False)]
+    assert bench.candidates("polished90", drawn, polished, energy) == [(0, True), (1, True)]
+    assert bench.candidates("both75", drawn, polished, energy) == [(0, True), (1, True), (1, False), (3, False),
+                                                                    (2, True)]
+    # wells 1.0, 2.5, 7.0 and 4.0 (draw 3 as drawn): the lowest three draws, both versions each, polished first
+    assert bench.candidates("both75_by_well", drawn, polished, energy) == [(0, True), (0, False), (1, True),
+                                                                            (1, False), (3, False)]
