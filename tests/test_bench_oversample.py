@@ -1,18 +1,12 @@
 """scripts/bench_oversample.py: the selection rules on a pool of draws."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_oversample", ROOT / "scripts" / "bench_oversample.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_oversample"] = bench
-spec.loader.exec_module(bench)
+from tests.scripts import load_script
+
+bench = load_script("bench_oversample")
 
 
 def test_selections_rank_the_first_factor_times_n_draws():

@@ -1,14 +1,8 @@
 """scripts/bench_polish_pool.py: the candidates each rule offers the farthest-point selection."""
 
-import importlib.util
-import sys
-from pathlib import Path
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_polish_pool", ROOT / "scripts" / "bench_polish_pool.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_polish_pool"] = bench
-spec.loader.exec_module(bench)
+bench = load_script("bench_polish_pool")
 
 
 def test_rules_order_and_cut_the_pool():

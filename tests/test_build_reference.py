@@ -1,9 +1,7 @@
 """scripts/build_reference.py: deduplication, the seeded draw, one molecule's ensemble, resuming."""
 
 import gzip
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +10,12 @@ from rdkit import Chem
 
 from confdiff.chem.metrics import rmsd_matrix
 from confdiff.chem.properties import xtb_single_point
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_xtb = pytest.mark.skipif(shutil.which("xtb") is None, reason="xtb binary not installed")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("build_reference", ROOT / "scripts" / "build_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_reference"] = module  # worker pools pickle the module's functions by name
-    spec.loader.exec_module(module)
-    return module
-
-
-br = _load_script()
+br = load_script("build_reference")
 TINY = br.ReferenceConfig(num_seeds=6)
 CSV_ROWS = [  # smiles, GEOM K
     ("CCCC", 3),

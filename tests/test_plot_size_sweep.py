@@ -1,17 +1,13 @@
 """scripts/plot_size_sweep.py: means over seeds, the cost column, the table and the plot."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("plot_size_sweep", ROOT / "scripts" / "plot_size_sweep.py")
-sweep = importlib.util.module_from_spec(spec)
-sys.modules["plot_size_sweep"] = sweep  # dataclasses look their module up by name
-spec.loader.exec_module(sweep)
+from tests.scripts import load_script
+
+sweep = load_script("plot_size_sweep")
 
 
 def _write_run(path: Path, cov_r: float, plain_cov_r: float, confs_per_cpu_s: float) -> None:
