@@ -10,7 +10,9 @@ and keeps 2K of the first ``P`` x 2K of them for every pool factor ``P`` of ``--
   ``mmff-dd4`` (distance-dependent dielectric 4);
 - ``diverse:F``: farthest-point selection (heavy-atom RMSD, ``chem.ensembles.farthest_points``) among
   the lowest fraction ``F`` in MMFF94 energy, starting from the lowest (the generator's
-  ``selection="diverse"`` at ``F = 0.75``), for every ``F`` of ``--fractions``.
+  ``selection="diverse"`` at ``F = 0.75``), for every ``F`` of ``--fractions``;
+- ``medoids:F``: greedy k-median (``medoid_points``) among the same candidates: representatives of
+  the dense regions instead of the outlying draws that farthest-point selection reaches first.
 
 ``--guidance-scale`` and ``--guidance-window T_START T_FULL`` change the generator's guidance schedule
 (``physics.GuidanceSchedule``) for the pool.
@@ -58,6 +60,21 @@ def energies(mol: Chem.Mol, name: str) -> np.ndarray:
                      for c in mol.GetConformers()])
 
 
+def medoid_points(rmsd: np.ndarray, n: int) -> list[int]:
+    """``n`` indices of the square distance matrix ``rmsd (L, L)`` by greedy k-median, in selection order:
+    first the medoid, then repeatedly the index that most lowers the summed distance of every index to
+    its nearest selected (ties: the lower index)."""
+    kept = [int(np.argmin(rmsd.sum(1)))]
+    nearest = rmsd[kept[0]].copy()
+    while len(kept) < min(n, len(rmsd)):
+        gain = np.maximum(nearest[None, :] - rmsd, 0).sum(1)
+        gain[kept] = -1
+        k = int(np.argmax(gain))
+        kept.append(k)
+        nearest = np.minimum(nearest, rmsd[k])
+    return kept
+
+
 def selections(pool: dict, n: int, factor: float, fractions=DIVERSE_FRACTIONS) -> dict[str, list[int]]:
     """Rule name -> the kept draws (indices into the pool) of the first ``factor * n`` pool draws."""
     size = min(len(pool["mmff"]), int(round(factor * n)))
@@ -70,6 +87,7 @@ def selections(pool: dict, n: int, factor: float, fractions=DIVERSE_FRACTIONS) -
         candidates = order[: max(n, int(fraction * size))]
         chosen = farthest_points(pool["rmsd"][np.ix_(candidates, candidates)], n)
         out[f"diverse:{fraction}"] = [candidates[k] for k in chosen]
+        out[f"medoids:{fraction}"] = [candidates[k] for k in medoid_points(pool["rmsd"][np.ix_(candidates, candidates)], n)]
     return out
 
 

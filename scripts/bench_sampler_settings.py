@@ -18,8 +18,8 @@ multiplies the torsion part of the physics guidance by ``F`` (the coordinate par
 ``--seed-mmff-iters K`` changes the MMFF94 iterations of the seeds' minimisation, in this process.
 ``--torsion-score-scale F:T`` multiplies the model's torsion score by ``F`` at diffusion times below ``T``
 (sampling a sharper, "colder" torsion density late in the trajectory), in this process.
-``--polish-steps K``, ``--diverse-fraction F`` and ``--keep-unpolished`` set the generator's options of
-those names (default: the generator's, 0, 0.75 and the polished draws only). ``--reference`` takes another reference set (e.g. the GFN2 DRUGS set).
+``--polish-steps K``, ``--diverse-fraction F``, ``--keep-unpolished`` and ``--oversample F`` set the generator's
+options of those names (default: the generator's, 0, 0.75, the polished draws only and 2). ``--reference`` takes another reference set (e.g. the GFN2 DRUGS set).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--polish-steps", type=int, default=0, metavar="K")
     parser.add_argument("--keep-unpolished", action="store_true")
     parser.add_argument("--diverse-fraction", type=float, default=generator_module.DIVERSE_FRACTION, metavar="F")
+    parser.add_argument("--oversample", type=float, default=generator_module.DEFAULT_OVERSAMPLE, metavar="F")
     args = parser.parse_args()
     torch.set_num_threads(1)
     records, _ = evaluation.read_records(args.reference)
@@ -78,9 +79,10 @@ def main() -> None:
         steps, sampler, grid, per_seed = setting.split(":")
         generator_module.time_grid = functools.partial(samplers.time_grid, kind=grid)
         gen = generator_module.ConformerGenerator(args.model, steps=int(steps), sampler=sampler,
-                                                  conformers_per_seed=int(per_seed), seed_relax=args.seed_relax,
+                                                  conformers_per_seed=int(per_seed),
+                                                  ring_conformers_per_seed=int(per_seed), seed_relax=args.seed_relax,
                                                   polish_steps=args.polish_steps, diverse_fraction=args.diverse_fraction,
-                                                  keep_unpolished=args.keep_unpolished)
+                                                  keep_unpolished=args.keep_unpolished, oversample=args.oversample)
         rows, cpu, written = [], 0.0, 0
         minimised = {("mmff_iters", k): ([], 0.0) for k in args.mmff_iters}
         minimised |= {("torsion_mmff_iters", k): ([], 0.0) for k in args.torsion_mmff_iters}
@@ -99,7 +101,7 @@ def main() -> None:
                 minimised[kind, k] = (k_rows + [_scores(job, relaxed, args.threshold)],
                                       k_cpu + time.process_time() - start)
         _report(args.seed, setting, rows, 1000 * cpu / written, polish_steps=gen.polish_steps,
-                diverse_fraction=gen.diverse_fraction, keep_unpolished=gen.keep_unpolished)
+                diverse_fraction=gen.diverse_fraction, keep_unpolished=gen.keep_unpolished, oversample=gen.oversample)
         for (kind, k), (k_rows, k_cpu) in minimised.items():
             _report(args.seed, setting, k_rows, 1000 * k_cpu / written, **{kind: k})
 

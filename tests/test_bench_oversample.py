@@ -31,3 +31,13 @@ def test_energies_are_single_points_of_each_variant():
     boronic = Chem.AddHs(Chem.MolFromSmiles("OB(O)c1ccccc1"))  # no MMFF94 parameters
     AllChem.EmbedMultipleConfs(boronic, 2, randomSeed=0)
     assert np.isnan(bench.energies(boronic, "mmff")).tolist() == [True, True]
+
+
+def test_medoid_points_represent_the_dense_regions():
+    # two clusters on a line, {0, 0.1, 0.2} and {5, 5.1}, and an outlier at 20
+    x = np.array([0.0, 0.1, 0.2, 5.0, 5.1, 20.0])
+    rmsd = np.abs(x[:, None] - x[None])
+    assert bench.medoid_points(rmsd, 1) == [3]  # the least summed distance
+    assert bench.medoid_points(rmsd, 3) == [3, 5, 1]  # then the outlier (it alone saves 14.9), then cluster 1
+    assert bench.farthest_points(rmsd, 3)[:2] == [0, 5]
+    assert sorted(bench.medoid_points(rmsd, 6)) == list(range(6))

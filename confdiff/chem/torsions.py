@@ -1,4 +1,5 @@
-"""Rotatable bonds, the atoms each one moves, dihedral angles and batched torsion changes.
+"""Rotatable bonds, the atoms each one moves, dihedral angles and batched torsion changes; the
+flexible rings, whose torsions no rotatable bond describes.
 
 A torsion is ``(a, u, v, b)``: the rotatable bond ``u - v``, whose ``v`` side (the smaller one)
 moves, and the heavy reference atoms ``a`` (a neighbour of ``u``) and ``b`` (a neighbour of ``v``)
@@ -12,7 +13,9 @@ from typing import NamedTuple
 import torch
 from rdkit import Chem
 
-__all__ = ["Torsion", "apply_torsion_changes", "dihedral_angles", "moving_atoms", "rotatable_bonds"]
+__all__ = ["Torsion", "apply_torsion_changes", "dihedral_angles", "flexible_rings", "moving_atoms", "rotatable_bonds"]
+
+FLEXIBLE_RING_MIN_SIZE = 5  # smaller rings have one pucker
 
 
 class Torsion(NamedTuple):
@@ -84,6 +87,13 @@ def rotatable_bonds(mol: Chem.Mol) -> list[Torsion]:
         else:
             torsions.append(Torsion(ri, i.GetIdx(), j.GetIdx(), rj))
     return torsions
+
+
+def flexible_rings(mol: Chem.Mol) -> list[tuple[int, ...]]:
+    """The atom rings of ``mol`` (RDKit's SSSR) of ``FLEXIBLE_RING_MIN_SIZE`` or more atoms that are not
+    entirely aromatic: those with more than one pucker (chairs, boats, envelopes)."""
+    return [ring for ring in mol.GetRingInfo().AtomRings() if len(ring) >= FLEXIBLE_RING_MIN_SIZE
+            and not all(mol.GetAtomWithIdx(i).GetIsAromatic() for i in ring)]
 
 
 def dihedral_angles(pos: torch.Tensor, dihedral_index: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
 API. The conformers of a molecule, and of several consecutive molecules, share one graph batch,
 split so that no batch holds more than ``max_atoms_per_batch`` atoms (the memory bound).
 
-Conformer ``i`` of a molecule starts from ETKDG seed ``i // conformers_per_seed`` and draws all its
+Conformer ``i`` of a molecule starts from ETKDG seed ``i // conformers_per_seed`` (``ring_conformers_per_seed``,
+5 by default, for a molecule with a flexible ring: its puckers come from the seeds) and draws all its
 noise from one generator seeded with ``(seed, i)``, so it is the same whatever ``n``, the batch
 size or the other molecules in the batch. Every conformer's stereochemistry is compared with its
 seed's (a vectorised test of signed volumes and double-bond sides, :class:`StereoCheck`) and every
@@ -69,6 +70,7 @@ from ..chem.io import MoleculeRejected, check_molecule, mol_name
 from ..chem.ensembles import EnsembleError, farthest_point_conformers, select_conformers
 from ..chem.relax import RelaxationError, relax_mmff
 from ..chem.stereo import StereoCheck
+from ..chem.torsions import flexible_rings
 from ..chem.validity import LOCAL_CHECKS, ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
 from .modes import DEFAULT_MODE
@@ -103,6 +105,7 @@ SEED_MMFF_ITERS = 500  # MMFF94 iterations per seed structure (converged for dru
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 FULL_MODE_DRAWS = 2  # the full mode's first round draws this many conformers per one asked for
 GATE_MAX_DRAWS = 4  # the validity gate draws at most this many conformers per one asked for
+RING_CONFORMERS_PER_SEED = 5  # conformers per seed of a molecule with a flexible ring (its puckers come from the seeds)
 DEFAULT_OVERSAMPLE = 2.0  # first-round draws per conformer asked for
 SELECTIONS = ("diverse", "energy")  # how n of the oversampled draws are chosen
 DIVERSE_FRACTION = 0.75  # "diverse" selects among this share of the usable draws, the lowest in energy
@@ -248,6 +251,7 @@ class _Job:
     check: StereoCheck
     validity: ValidityChecker | None  # None without the validity gate
     warnings: list[str]
+    conformers_per_seed: int = 1  # draws that share one seed structure
     potential: Potential | None = None  # the guidance potential, None without guidance
     ranking: Potential | None = None  # the energy that ranks oversampled draws, None without oversampling
 
@@ -268,6 +272,9 @@ class ConformerGenerator:
         ``confdiff.diffusion.samplers.SAMPLERS``.
     conformers_per_seed : conformers that share one ETKDG seed structure (the diffusion resamples
         their torsions; the seed provides bond lengths, angles and ring puckers).
+    ring_conformers_per_seed : the same for a molecule with a flexible ring (non-aromatic, 5 or more
+        atoms; None: ``conformers_per_seed``): its ring puckers come only from the seeds, so it gets more
+        of them (default ``RING_CONFORMERS_PER_SEED``).
     seed_relax : ``"mmff"`` (default) minimises every ETKDG seed with MMFF94 (``SEED_MMFF_ITERS``
         iterations) before the diffusion, so that the seeds' bond lengths, angles and ring puckers
         look like the force-field minima the model was trained on; ``"none"`` uses them as
@@ -316,6 +323,7 @@ class ConformerGenerator:
         steps: int | None = None,
         sampler: str = "euler_maruyama",
         conformers_per_seed: int = 10,
+        ring_conformers_per_seed: int | None = RING_CONFORMERS_PER_SEED,
         seed_relax: str = "mmff",
         max_atoms_per_batch: int = 20000,
         relax: str | None = None,
@@ -345,6 +353,8 @@ class ConformerGenerator:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         if conformers_per_seed < 1:
             raise ValueError(f"conformers_per_seed must be >= 1, got {conformers_per_seed}")
+        if ring_conformers_per_seed is not None and ring_conformers_per_seed < 1:
+            raise ValueError(f"ring_conformers_per_seed must be >= 1, got {ring_conformers_per_seed}")
         if seed_relax not in SEED_RELAX_METHODS:
             raise ValueError(f"seed_relax must be one of {SEED_RELAX_METHODS}, got {seed_relax!r}")
         if max_atoms_per_batch < 1:
@@ -383,6 +393,7 @@ class ConformerGenerator:
         self.steps = steps
         self.sampler = sampler
         self.conformers_per_seed = conformers_per_seed
+        self.ring_conformers_per_seed = conformers_per_seed if ring_conformers_per_seed is None else ring_conformers_per_seed
         self.seed_relax = seed_relax
         self.max_atoms_per_batch = max_atoms_per_batch
         self.relax = None if relax == "none" else relax
@@ -474,8 +485,9 @@ class ConformerGenerator:
         if self.mode.full:
             zero = np.zeros((1, mol.GetNumAtoms(), 3))
             return _Job(index, name, mol, graph, torch.zeros(zero.shape), check.signs(zero),
-                        _bond_lengths(zero, graph), check, validity, notes, potential, ranking)
-        num_seeds = -(-self._first_draws(n) // self.conformers_per_seed)
+                        _bond_lengths(zero, graph), check, validity, notes, potential=potential, ranking=ranking)
+        per_seed = self.ring_conformers_per_seed if flexible_rings(mol) else self.conformers_per_seed
+        num_seeds = -(-self._first_draws(n) // per_seed)
         embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
         if embedded.method != "etkdg":
             notes.append(f"ETKDG failed; seed structures from {embedded.method}")
@@ -498,7 +510,8 @@ class ConformerGenerator:
             notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
                          "configuration, so the ensemble mixes stereoisomers")
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
-                    _bond_lengths(seeds, graph), check, validity, notes, potential, ranking)
+                    _bond_lengths(seeds, graph), check, validity, notes, conformers_per_seed=per_seed,
+                    potential=potential, ranking=ranking)
 
     def _potentials(self, mol: Chem.Mol, notes: list[str]) -> tuple[Potential | None, Potential | None]:
         """The guidance potential of ``mol`` (None without guidance) and the energy that ranks
@@ -626,7 +639,7 @@ class ConformerGenerator:
             yield chunk
 
     def _seed_of(self, job: _Job, i: int) -> int:
-        return (i // self.conformers_per_seed) % len(job.seeds)
+        return (i // job.conformers_per_seed) % len(job.seeds)
 
     def _usable(self, job: _Job, indices: np.ndarray, pos: np.ndarray, rigid: np.ndarray, unpolished: np.ndarray | None,
                 failed: dict[str, int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:

@@ -11,7 +11,7 @@ from rdkit.Chem import rdMolTransforms as mt
 from torch_geometric.data import Batch
 
 from confdiff.chem.featurize import featurize
-from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles, moving_atoms, rotatable_bonds
+from confdiff.chem.torsions import apply_torsion_changes, dihedral_angles, flexible_rings, moving_atoms, rotatable_bonds
 
 SMILES = [
     "Cc1ccc(NC(=O)c2ccc(CN3CCN(C)CC3)cc2)cc1Nc1nccc(-c2cccnc2)n1",  # imatinib
@@ -175,3 +175,12 @@ def test_no_torsions_leaves_positions():
     assert g.num_torsions == 0
     pos = _pos(mol)
     assert torch.equal(apply_torsion_changes(pos, g, torch.zeros(0, dtype=torch.float64)), pos)
+
+
+def test_flexible_rings_are_the_non_aromatic_rings_of_five_or_more_atoms():
+    assert flexible_rings(Chem.MolFromSmiles("c1ccccc1CC1CC1")) == []  # aromatic; a cyclopropane has one pucker
+    assert flexible_rings(Chem.MolFromSmiles("C1CC1N1CCC1")) == []
+    tetralin = Chem.MolFromSmiles("c1ccc2c(c1)CCCC2")  # the saturated ring of a fused pair
+    (ring,) = flexible_rings(tetralin)
+    assert len(ring) == 6 and not all(tetralin.GetAtomWithIdx(i).GetIsAromatic() for i in ring)
+    assert [len(r) for r in flexible_rings(Chem.MolFromSmiles("O=C1CCCO1.C1CCNCC1"))] == [5, 6]  # a lactone, a piperidine

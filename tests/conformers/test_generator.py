@@ -225,6 +225,30 @@ def test_seeds_are_mmff_minima_unless_asked_otherwise(model, seed_relax):
     np.testing.assert_allclose(_bond_lengths(out, out.GetConformers()[0].GetId()), expected, atol=1e-4)
 
 
+def _seed_groups(mol: Chem.Mol) -> dict[tuple, set[int]]:
+    """Conformer indices by their bond lengths: in the torsions mode, the seed each conformer came from."""
+    groups: dict[tuple, set[int]] = {}
+    for conf in mol.GetConformers():
+        key = tuple(np.round(_bond_lengths(mol, conf.GetId()), 4))
+        groups.setdefault(key, set()).add(conf.GetIntProp("conformer_index"))
+    return groups
+
+
+def test_a_molecule_with_a_flexible_ring_gets_more_seeds(model):
+    # its ring puckers come only from the seeds: one seed per ring_conformers_per_seed (5) draws, else 10
+    def groups(smiles: str, **options) -> list[set[int]]:
+        gen = ConformerGenerator(model, device="cpu", steps=STEPS, mode="torsions", oversample=1, **options)
+        return sorted(_seed_groups(gen.generate(smiles, n=10, seed=5)).values(), key=min)
+
+    ring = "CC(=O)NC1CCCCC1"  # a cyclohexane: 2 seeds for 10 draws, draws 0-4 and 5-9
+    assert [sorted(i % 10 // 5 for i in g) for g in groups(ring)] == [[0] * 5, [1] * 5]
+    assert len(groups(ring, ring_conformers_per_seed=None)) == 1  # as conformers_per_seed (10)
+    assert len(groups(ring, conformers_per_seed=5, ring_conformers_per_seed=10)) == 1
+    assert len(groups("CC(=O)NCc1ccccc1")) == 1  # an aromatic ring only: 10 draws per seed
+    with pytest.raises(ValueError, match="ring_conformers_per_seed must be >= 1"):
+        ConformerGenerator(model, device="cpu", ring_conformers_per_seed=0)
+
+
 def test_a_molecule_without_mmff_parameters_keeps_its_embedded_seeds(model):
     gen = ConformerGenerator(model, device="cpu", steps=STEPS)
     with pytest.warns(UserWarning, match="MMFF94 has no parameters.*seed structures are used as embedded"):
