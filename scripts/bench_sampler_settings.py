@@ -5,7 +5,8 @@
 Each setting is ``STEPS:SAMPLER:GRID:CONFORMERS_PER_SEED``: reverse-diffusion steps, a sampler of
 ``confdiff.diffusion.samplers.SAMPLERS``, a ``time_grid`` kind (the generator's grid is uniform in
 ``t``; another kind is tried by replacing the generator's ``time_grid`` in this process) and the
-conformers drawn per ETKDG seed. Default settings otherwise (MMFF94 guidance, the validity gate), one
+conformers drawn per ETKDG seed (for every molecule: both ``conformers_per_seed`` and
+``ring_conformers_per_seed``). Default settings otherwise (MMFF94 guidance, the validity gate), one
 thread, 2K conformers per molecule, 0.75 A, the same molecules and seed as ``confdiff benchmark``.
 Prints one JSON line per setting: mean COV-R / MAT-R / COV-P / MAT-P over the molecules and the CPU
 ms per written conformer (generation only). ``--mmff-iters 5 50 500`` adds a line per count for the
