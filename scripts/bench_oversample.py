@@ -85,9 +85,9 @@ def selections(pool: dict, n: int, factor: float, fractions=DIVERSE_FRACTIONS) -
     order = list(np.argsort(np.nan_to_num(pool["mmff"][:size], nan=np.inf), kind="stable"))
     for fraction in fractions:
         candidates = order[: max(n, int(fraction * size))]
-        chosen = farthest_points(pool["rmsd"][np.ix_(candidates, candidates)], n)
-        out[f"diverse:{fraction}"] = [candidates[k] for k in chosen]
-        out[f"medoids:{fraction}"] = [candidates[k] for k in medoid_points(pool["rmsd"][np.ix_(candidates, candidates)], n)]
+        rmsd = pool["rmsd"][np.ix_(candidates, candidates)]
+        out[f"diverse:{fraction}"] = [candidates[k] for k in farthest_points(rmsd, n)]
+        out[f"medoids:{fraction}"] = [candidates[k] for k in medoid_points(rmsd, n)]
     return out
 
 
