@@ -10,7 +10,11 @@ within ``--tolerance`` degrees (default 30) of it. Reported per method, pooled o
 - ``refs``: the share of reference conformers whose ring conformation some generated conformer matches;
 - ``generated``: the share of generated conformers whose ring conformation matches some reference.
 
+``--embedder NAME`` adds a seed embedding as a method: 2K embeddings of an RDKit distance-geometry
+variant (``EMBEDDERS``), each minimised with MMFF94 as the generator minimises its seeds (session 15).
+
     python scripts/bench_ring_conformers.py data/reference/drugs_gfn2.sdf.gz --method confdiff --method etkdg-mmff
+    python scripts/bench_ring_conformers.py data/reference/drugs_gfn2.sdf.gz --embedder etkdgv3 --embedder srETKDGv3
 """
 
 from __future__ import annotations
@@ -20,10 +24,38 @@ import json
 
 import numpy as np
 from rdkit import Chem
-from rdkit.Chem import rdMolTransforms
+from rdkit.Chem import rdDistGeom, rdForceFieldHelpers, rdMolTransforms
 
 from confdiff.chem.torsions import flexible_rings
 from confdiff.conformers import evaluation
+from confdiff.conformers.generator import SEED_MMFF_ITERS
+
+#: name -> RDKit embedding parameters (ETKDGv3 with its macrocycle terms and small-ring torsions is
+#: the generator's ``small_ring_torsions=True``; srETKDGv3 turns the macrocycle terms off)
+EMBEDDERS = {
+    "etkdgv3": rdDistGeom.ETKDGv3,
+    "etkdgv3-small-rings": lambda: _with(rdDistGeom.ETKDGv3(), useSmallRingTorsions=True),
+    "srETKDGv3": rdDistGeom.srETKDGv3,
+    "etkdgv3-random-coords": lambda: _with(rdDistGeom.ETKDGv3(), useRandomCoords=True),
+    "etkdgv2": rdDistGeom.ETKDGv2,
+    "kdg": rdDistGeom.KDG,
+}
+
+
+def _with(params: rdDistGeom.EmbedParameters, **values) -> rdDistGeom.EmbedParameters:
+    for key, value in values.items():
+        setattr(params, key, value)
+    return params
+
+
+def embed_and_minimise(embedder: str, template: Chem.Mol, n: int, seed: int) -> Chem.Mol:
+    """``n`` embeddings of ``template`` (hydrogens explicit) by ``EMBEDDERS[embedder]``, MMFF94-minimised."""
+    params = EMBEDDERS[embedder]()
+    params.randomSeed = seed % (2**31 - 1) + 1
+    mol = Chem.Mol(template)
+    rdDistGeom.EmbedMultipleConfs(mol, n, params)
+    rdForceFieldHelpers.MMFFOptimizeMoleculeConfs(mol, numThreads=1, maxIters=SEED_MMFF_ITERS)
+    return mol
 
 
 def ring_torsions(mol: Chem.Mol) -> list[tuple[int, int, int, int]]:
@@ -50,13 +82,21 @@ def ring_matches(reference: np.ndarray, generated: np.ndarray, tolerance: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference")
-    parser.add_argument("--method", action="append", required=True, help="a `confdiff benchmark` method")
+    parser.add_argument("--method", action="append", default=[], help="a `confdiff benchmark` method")
+    parser.add_argument("--embedder", action="append", default=[], choices=sorted(EMBEDDERS),
+                        help="a seed embedding, MMFF94-minimised (reported as embedder:NAME)")
     parser.add_argument("--seed", type=int, default=evaluation.DEFAULT_SEED)
     parser.add_argument("--tolerance", type=float, default=30.0, help="degrees (30)")
     parser.add_argument("--jsonl", default=None, help="append one line per method")
     args = parser.parse_args()
+    if not args.method and not args.embedder:
+        parser.error("give at least one --method or --embedder")
+    makers = {method: (lambda template, n, method=method: evaluation.generate_method(method, template, n, args.seed))
+              for method in args.method}
+    makers.update({f"embedder:{name}": (lambda template, n, name=name: embed_and_minimise(name, template, n, args.seed))
+                   for name in args.embedder})
     molecules = evaluation.group_by_molecule(evaluation.read_records(args.reference)[0])
-    counts = {method: np.zeros(4, dtype=int) for method in args.method}
+    counts = {method: np.zeros(4, dtype=int) for method in makers}
     used = 0
     for key, refs in molecules.items():
         quads = ring_torsions(refs[0])
@@ -67,8 +107,8 @@ def main() -> None:
         template = Chem.Mol(refs[0])
         template.RemoveAllConformers()
         line = f"{key[:24]:24s} {len(refs):4d} references"
-        for method in args.method:
-            generated = evaluation.generate_method(method, Chem.Mol(template), 2 * len(refs), args.seed)
+        for method, make in makers.items():
+            generated = make(Chem.Mol(template), 2 * len(refs))
             refs_ok, gen_ok = ring_matches(reference, torsion_angles([generated], quads), args.tolerance)
             counts[method] += [refs_ok.sum(), len(refs_ok), gen_ok.sum(), len(gen_ok)]
             line += f" | {method}: refs {refs_ok.mean():.2f} generated {gen_ok.mean():.2f}"

@@ -4,7 +4,7 @@
 # each on three seeds, CPU time against ETKDGv3 (scripts/bench_generate.py), the spread of
 # `confdiff score` over copies rounded as an SD file rounds them (scripts/bench_likelihood_noise.py)
 # and, with PLATINUM=1, the first 300 Platinum dev ligands (ETKDGv3 + MMFF94 in the same run). One
-# thread per process.
+# thread per process, WORKERS processes (default 1) per benchmark.
 #   SIZE      the model: $RUN_ROOT/$SIZE/release.pt (scripts/train_size_sweep.sh)
 #   RUN_ROOT  default /work/runs/sweep;  OUT  where the results go (default docs/bench)
 # Every result is one file named after SIZE; a file already there is kept, so a rerun resumes.
@@ -27,13 +27,13 @@ for S in 61453 1 2; do
     F="$OUT/micro_sweep_${SIZE}_seed$S.json"
     [ -f "$F" ] || python -m confdiff benchmark ../shared/data/geom_drugs_micro/reference_crest.sdf.gz \
         --threshold 0.75 --method confdiff:none --method confdiff --model "$MODEL" --seed "$S" --pb-sample 0 \
-        --num-workers 1 --json "$F"
+        --num-workers "${WORKERS:-1}" --json "$F"
 done
 for S in 61453 1 2; do
     F="$OUT/drugs_sweep_${SIZE}_seed$S.json"
     [ -f "$F" ] || python -m confdiff benchmark data/reference/drugs_gfn2.sdf.gz --threshold 0.75 \
         --method etkdg-mmff --method confdiff:none --method confdiff --model "$MODEL" --seed "$S" --pb-sample 0 \
-        --num-workers 1 --json "$F"
+        --num-workers "${WORKERS:-1}" --json "$F"
 done
 F="$OUT/generate_sweep_$SIZE.txt"
 [ -f "$F" ] || { python scripts/bench_generate.py --model "$MODEL" > "$F.part" && mv "$F.part" "$F"; }
@@ -43,5 +43,5 @@ if [ "${PLATINUM:-0}" = 1 ]; then
     F="$OUT/platinum300_sweep_$SIZE.json"
     [ -f "$F" ] || python -m confdiff benchmark --bioactive ../shared/data/platinum/platinum_diverse_dev.sdf.gz \
         -n 50 --max-molecules 300 --method etkdg-mmff --method confdiff --model "$MODEL" --pb-sample 0 \
-        --num-workers 1 --json "$F"
+        --num-workers "${WORKERS:-1}" --json "$F"
 fi

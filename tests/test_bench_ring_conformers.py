@@ -36,3 +36,15 @@ def test_ring_matches_need_every_torsion_within_the_tolerance_periodically():
     refs_ok, gen_ok = bench.ring_matches(reference, generated, 30.0)
     assert refs_ok.tolist() == [True, False]  # 179 and -179 are 2 degrees apart
     assert gen_ok.tolist() == [True, False, False]
+
+
+def test_embedders_give_minimised_conformers_and_the_small_ring_terms_change_them():
+    template = Chem.AddHs(Chem.MolFromSmiles("CC(=O)NC1CCCCC1"))
+    plain = bench.embed_and_minimise("etkdgv3", template, 3, seed=2)
+    small_rings = bench.embed_and_minimise("etkdgv3-small-rings", template, 3, seed=2)
+    assert plain.GetNumConformers() == small_rings.GetNumConformers() == 3 and template.GetNumConformers() == 0
+    props = AllChem.MMFFGetMoleculeProperties(plain)
+    for conf in plain.GetConformers():  # at a minimum: the gradient is small
+        gradient = np.array(AllChem.MMFFGetMoleculeForceField(plain, props, confId=conf.GetId()).CalcGrad())
+        assert np.abs(gradient).max() < 0.1
+    assert np.abs(plain.GetConformer(0).GetPositions() - small_rings.GetConformer(0).GetPositions()).max() > 1e-2

@@ -40,9 +40,11 @@ class EmbedResult:
 
 
 def _params(
-    seed: int, threads: int, prune_rms: float | None, random_coords: bool, timeout: int | None
+    seed: int, threads: int, prune_rms: float | None, random_coords: bool, timeout: int | None,
+    small_ring_torsions: bool,
 ) -> rdDistGeom.EmbedParameters:
     params = rdDistGeom.ETKDGv3()
+    params.useSmallRingTorsions = small_ring_torsions
     if timeout is not None:
         params.timeout = timeout
     # RDKit seeds conformer i from a multiple of randomSeed, so 0 would give n identical conformers
@@ -80,6 +82,7 @@ def embed_etkdg(
     threads: int = 1,
     prune_rms: float | None = None,
     timeout: int | None = None,
+    small_ring_torsions: bool = False,
 ) -> EmbedResult:
     """Embed ``n`` conformers with ETKDGv3 (fewer when ``prune_rms`` removes near-duplicates).
 
@@ -88,6 +91,10 @@ def embed_etkdg(
     The input is not modified; hydrogens are added to the returned copy where missing.
     timeout : whole seconds per embedding call (RDKit's ``EmbedParameters.timeout``); the conformers
         finished by then are returned, so hard molecules (strained bridged rings) cannot hang a run.
+    small_ring_torsions : ETKDGv3 with the torsion preferences of small rings (RDKit's
+        ``useSmallRingTorsions``, as in srETKDGv3, which keeps the macrocycle terms of ETKDGv3): after
+        MMFF94 minimisation more of the ring puckers that GFN2 ensembles hold (``docs/benchmarks.md``,
+        session 15).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -100,10 +107,10 @@ def embed_etkdg(
         raise EmbeddingError(name, "the molecule has no atoms")
     work = Chem.AddHs(mol)
     work.RemoveAllConformers()
-    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout)))
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout, small_ring_torsions)))
     if conf_ids:
         return EmbedResult(work, conf_ids, "etkdg")
-    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout)))
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout, small_ring_torsions)))
     if not conf_ids:
         raise EmbeddingError(name, "ETKDGv3 and random-coordinate embedding both failed")
     return EmbedResult(work, conf_ids, _relax_random(work, threads))

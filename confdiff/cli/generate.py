@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-relax", default="mmff", choices=("mmff", "none"),
                         help="minimise the ETKDG seed structures with MMFF94 before the diffusion (mmff, default; "
                              "the geometry the model was trained on) or use them as embedded (none)")
+    parser.add_argument("--small-ring-torsions", action=argparse.BooleanOptionalAction, default=False,
+                        help="embed the ETKDG seed structures with the torsion preferences of small rings "
+                             "(default: off; the seeds give the ring puckers)")
     parser.add_argument("--oversample", type=float, default=None, metavar="F",
                         help="draw F times the conformers asked for and keep n of them by --select (default 2; "
                              "1: the first usable draws)")
@@ -344,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
             num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
-            oversample=args.oversample, selection=args.select, polish_steps=args.polish_steps,
+            small_ring_torsions=args.small_ring_torsions, oversample=args.oversample, selection=args.select, polish_steps=args.polish_steps,
             diverse_fraction=args.diverse_fraction, keep_unpolished=args.keep_unpolished,
         )
     except (FileNotFoundError, ValueError) as err:

@@ -178,7 +178,8 @@ METHODS: dict[str, Generator] = {
 #: (session 8's first rule). ``confdiff-polish`` adds the torsion polish (30 steps) and chooses among
 #: the lowest 90 % (session 12's candidate default); ``confdiff-polish-both`` chooses from every draw as
 #: drawn and as polished (session 13). ``confdiff-seeds10`` gives molecules with flexible rings one seed per
-#: 10 draws, as every molecule had before session 14.
+#: 10 draws, as every molecule had before session 14; ``confdiff-small-rings`` embeds the seeds with the
+#: small-ring torsion terms of ETKDG (session 15).
 CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff": {},
     "confdiff-mmff": {"relax": "mmff"},
@@ -191,6 +192,7 @@ CONFDIFF_METHODS: dict[str, dict[str, object]] = {
     "confdiff-polish-both": {"mode": "torsions", "polish_steps": 30, "keep_unpolished": True},
     "confdiff-torsions": {"mode": "torsions"},
     "confdiff-seeds10": {"ring_conformers_per_seed": 10},
+    "confdiff-small-rings": {"small_ring_torsions": True},
     "confdiff-full": {"mode": "full"},
     "confdiff-full-mmff": {"mode": "full", "relax": "mmff"},
 }

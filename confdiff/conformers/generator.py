@@ -101,6 +101,7 @@ DEFAULT_MODEL = "default"
 DEFAULT_STEPS = {"refine": 20, "torsions": 20, "full": 50}  # reverse-diffusion steps per mode
 RELAX_METHODS = ("none", "mmff", "gfnff", "gfn2")
 SEED_RELAX_METHODS = ("none", "mmff")
+SMALL_RING_TORSIONS = False  # the seeds' ETKDG uses the torsion preferences of small rings
 SEED_MMFF_ITERS = 500  # MMFF94 iterations per seed structure (converged for drug-like molecules)
 MAX_BOND_STRETCH = 0.3  # A: a conformer whose bond lengths differ more from its seed's is broken
 FULL_MODE_DRAWS = 2  # the full mode's first round draws this many conformers per one asked for
@@ -281,6 +282,8 @@ class ConformerGenerator:
         embedded. A molecule without MMFF94 parameters keeps its embedded seeds (with a note), and so
         does a seed whose minimum fails a check of its local geometry that the embedded structure
         passes (with the gate on; ``chem.validity.LOCAL_CHECKS``).
+    small_ring_torsions : embed the seeds with the torsion preferences of small rings
+        (``chem.embed.embed_etkdg``): more of their puckers are the reference ensembles' ones.
     max_atoms_per_batch : most atoms (all conformers of all molecules together) in one graph batch;
         bounds memory. A molecule with more atoms than this is refused.
     relax : None / ``"none"``, ``"mmff"``, ``"gfnff"`` or ``"gfn2"`` (xtb); energies in kcal/mol.
@@ -325,6 +328,7 @@ class ConformerGenerator:
         conformers_per_seed: int = 10,
         ring_conformers_per_seed: int | None = RING_CONFORMERS_PER_SEED,
         seed_relax: str = "mmff",
+        small_ring_torsions: bool = SMALL_RING_TORSIONS,
         max_atoms_per_batch: int = 20000,
         relax: str | None = None,
         prune_rms: float | None = None,
@@ -395,6 +399,7 @@ class ConformerGenerator:
         self.conformers_per_seed = conformers_per_seed
         self.ring_conformers_per_seed = conformers_per_seed if ring_conformers_per_seed is None else ring_conformers_per_seed
         self.seed_relax = seed_relax
+        self.small_ring_torsions = small_ring_torsions
         self.max_atoms_per_batch = max_atoms_per_batch
         self.relax = None if relax == "none" else relax
         self.prune_rms = prune_rms
@@ -488,7 +493,8 @@ class ConformerGenerator:
                         _bond_lengths(zero, graph), check, validity, notes, potential=potential, ranking=ranking)
         per_seed = self.ring_conformers_per_seed if flexible_rings(mol) else self.conformers_per_seed
         num_seeds = -(-self._first_draws(n) // per_seed)
-        embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers)
+        embedded = embed_etkdg(mol, num_seeds, seed=seed % 2**31, threads=self.num_workers,
+                               small_ring_torsions=self.small_ring_torsions)
         if embedded.method != "etkdg":
             notes.append(f"ETKDG failed; seed structures from {embedded.method}")
         seeds = np.stack([embedded.mol.GetConformer(c).GetPositions() for c in embedded.conf_ids])
@@ -829,6 +835,7 @@ def generate(
     guidance_scale: float | None = None,
     num_threads: int | None = 1,
     seed_relax: str = "mmff",
+    small_ring_torsions: bool = SMALL_RING_TORSIONS,
     oversample: float | None = None,
     selection: str = "diverse",
     polish_steps: int = 0,
@@ -848,6 +855,6 @@ def generate(
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
                                    num_threads=num_threads, seed_relax=seed_relax, oversample=oversample,
-                                   selection=selection, polish_steps=polish_steps,
+                                   small_ring_torsions=small_ring_torsions, selection=selection, polish_steps=polish_steps,
                                    diverse_fraction=diverse_fraction, keep_unpolished=keep_unpolished)
     return generator.generate(mol_or_smiles, n, seed=seed)

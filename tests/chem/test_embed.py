@@ -1,4 +1,4 @@
-"""ETKDGv3 seeds: count, hydrogens, stereochemistry, reproducibility, pruning and the fallback path."""
+"""ETKDGv3 seeds: count, hydrogens, stereochemistry, reproducibility, small-ring torsions, pruning and the fallback path."""
 
 import time
 
@@ -42,6 +42,17 @@ def test_seed_reproducible_and_seed_dependent():
     pa, pb, pc = (r.mol.GetConformer(r.conf_ids[0]).GetPositions() for r in (a, b, c))
     np.testing.assert_allclose(pa, pb)
     assert np.abs(pa - pc).max() > 1e-3
+
+
+def test_small_ring_torsions_change_the_embeddings_of_small_rings_only():
+    def positions(smiles: str, small_ring_torsions: bool) -> np.ndarray:
+        result = embed_etkdg(Chem.MolFromSmiles(smiles), 3, seed=4, small_ring_torsions=small_ring_torsions)
+        return np.stack([result.mol.GetConformer(c).GetPositions() for c in result.conf_ids])
+
+    ring = "CC(=O)NC1CCCCC1"  # a cyclohexane: ETKDG's small-ring torsion terms apply
+    assert np.abs(positions(ring, True) - positions(ring, False)).max() > 1e-2
+    chain = "CCCCOCCN"  # no ring: nothing to apply them to
+    np.testing.assert_array_equal(positions(chain, True), positions(chain, False))
 
 
 def test_prune_rms_removes_close_conformers():

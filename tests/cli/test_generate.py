@@ -317,7 +317,7 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     generate_command.add_arguments(parser)
     args = parser.parse_args(["--smiles", "CCO", "--guidance", "repulsion", "--guidance-scale", "2",
                               "--no-validity-gate", "--threads", "3", "--polish-steps", "7",
-                              "--diverse-fraction", "0.6", "--keep-unpolished"])
+                              "--diverse-fraction", "0.6", "--keep-unpolished", "--small-ring-torsions"])
     assert (args.guidance, args.guidance_scale) == ("repulsion", 2.0)
     seen = {}
 
@@ -334,6 +334,15 @@ def test_guidance_and_validity_options_reach_the_generator(tmp_path, monkeypatch
     assert (seen["guidance"], seen["guidance_scale"]) == ("repulsion", 2.0)
     assert seen["validity_gate"] is False and seen["num_threads"] == 3
     assert (seen["polish_steps"], seen["diverse_fraction"], seen["keep_unpolished"]) == (7, 0.6, True)
+    assert seen["small_ring_torsions"] is True
+
+
+def test_the_seed_options_default_to_the_generators():
+    from confdiff.conformers.generator import SMALL_RING_TORSIONS
+
+    parser = argparse.ArgumentParser()
+    generate_command.add_arguments(parser)
+    assert parser.parse_args(["--smiles", "CCO"]).small_ring_torsions is SMALL_RING_TORSIONS
 
 
 def test_guidance_choices_are_the_generators():

@@ -211,12 +211,17 @@ def _bond_lengths(mol: Chem.Mol, conf_id: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed_relax", ["mmff", "none"])
-def test_seeds_are_mmff_minima_unless_asked_otherwise(model, seed_relax):
-    # the torsions mode keeps each seed's bond lengths exactly: conformer 0 shows seed 0's
-    smiles, seed = "CCCCOc1ccccc1C(=O)NC", 11
-    gen = ConformerGenerator(model, device="cpu", steps=STEPS, mode="torsions", seed_relax=seed_relax)
+@pytest.mark.parametrize("small_ring_torsions", [False, True])
+def test_seeds_are_mmff_minima_unless_asked_otherwise(model, seed_relax, small_ring_torsions):
+    # the torsions mode keeps each seed's bond lengths exactly: conformer 0 shows seed 0's, embedded
+    # with or without the small-ring torsion terms as asked (the cyclohexane's bonds tell them apart)
+    smiles, seed = "CCCCOC(=O)NC1CCCCC1", 11
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS, mode="torsions", seed_relax=seed_relax,
+                             small_ring_torsions=small_ring_torsions)
     out = gen.generate(smiles, n=2, seed=seed)
-    embedded = embed_etkdg(Chem.MolFromSmiles(smiles), 1, seed=seed)
+    embedded = embed_etkdg(Chem.MolFromSmiles(smiles), 1, seed=seed, small_ring_torsions=small_ring_torsions)
+    other = embed_etkdg(Chem.MolFromSmiles(smiles), 1, seed=seed, small_ring_torsions=not small_ring_torsions)
+    assert np.abs(_bond_lengths(other.mol, other.conf_ids[0]) - _bond_lengths(embedded.mol, embedded.conf_ids[0])).max() > 1e-3
     raw = _bond_lengths(embedded.mol, embedded.conf_ids[0])
     relax_mmff(embedded.mol, list(embedded.conf_ids), max_iters=SEED_MMFF_ITERS)
     minimised = _bond_lengths(embedded.mol, embedded.conf_ids[0])
