@@ -374,6 +374,8 @@ def run(args: argparse.Namespace) -> int:
                 props = {"conformer_index": conf.GetIntProp("conformer_index"), "seed": conf.GetIntProp("seed")}
                 if conf.HasProp("energy"):
                     props["energy"] = f"{conf.GetDoubleProp('energy'):.4f}"
+                if conf.HasProp("stereoisomer"):
+                    props["stereoisomer"] = conf.GetProp("stereoisomer")
                 conf_props.append(props)
             sink.write(result.mol, [c.GetId() for c in confs], name=name,
                        props={**input_props, RECORD: record, ENSEMBLE_SIZE: len(confs),

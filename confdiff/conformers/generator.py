@@ -69,7 +69,7 @@ from ..chem.featurize import FeaturizationError, MolGraph, featurize
 from ..chem.io import MoleculeRejected, check_molecule, mol_name
 from ..chem.ensembles import EnsembleError, farthest_point_conformers, select_conformers
 from ..chem.relax import RelaxationError, relax_mmff
-from ..chem.stereo import StereoCheck
+from ..chem.stereo import StereoCheck, stereo_smiles
 from ..chem.torsions import flexible_rings
 from ..chem.validity import LOCAL_CHECKS, ValidityChecker, ValidityError
 from .diffusion import MODES, ConformerDiffusion, ConformerDiffusionConfig
@@ -419,8 +419,9 @@ class ConformerGenerator:
     def generate(self, mol_or_smiles: Chem.Mol | str, n: int = 50, *, seed: int | None = None) -> Chem.Mol:
         """``n`` conformers of one molecule as an RDKit ``Mol`` (explicit hydrogens, input atom order).
 
-        Each conformer carries the properties ``conformer_index`` (its index ``i``), ``seed`` and,
-        when relaxed, ``energy`` (kcal/mol); fewer than ``n`` remain after pruning or an energy
+        Each conformer carries the properties ``conformer_index`` (its index ``i``), ``seed``, when
+        relaxed, ``energy`` (kcal/mol) and, when the input leaves stereo elements open, ``stereoisomer``
+        (the canonical isomeric SMILES of its configuration); fewer than ``n`` remain after pruning or an energy
         window. Raises ``GenerationError`` naming the molecule and the reason; the result's warnings
         are issued as Python warnings.
         """
@@ -512,9 +513,6 @@ class ConformerGenerator:
         if not good.all():
             notes.append(f"{int((~good).sum())} of {len(good)} seed structures broke the stereochemistry and were skipped")
         seeds = seeds[good] - seeds[good].mean(axis=1, keepdims=True)
-        if check.num_open:
-            notes.append(f"{check.num_open} stereo element(s) unspecified: each conformer keeps its seed's "
-                         "configuration, so the ensemble mixes stereoisomers")
         return _Job(index, name, mol, graph, torch.tensor(seeds, dtype=torch.float32), check.signs(seeds),
                     _bond_lengths(seeds, graph), check, validity, notes, conformers_per_seed=per_seed,
                     potential=potential, ranking=ranking)
@@ -710,6 +708,8 @@ class ConformerGenerator:
             out.AddConformer(conf, assignId=True)
         if self.relax is not None or self.prune_rms is not None:
             self._select(out, notes)
+        if job.check.num_open:
+            _label_stereoisomers(out, job.check.num_open, notes)
         out.SetProp("_Name", job.name)
         return GenerationResult(job.index, job.name, out, None, notes, rejected_draws=draws - len(usable),
                                 num_draws=draws)
@@ -783,6 +783,21 @@ def _minimised_seeds(embedded: np.ndarray, minimised: np.ndarray, validity: Vali
         notes.append(f"{int(take.sum())} of {len(take)} MMFF94-minimised seed structures failed a check of their "
                      "bond lengths, angles or rings: their embedded structures are used")
     return np.where(take[:, None, None], embedded, minimised)
+
+
+def _label_stereoisomers(mol: Chem.Mol, num_open: int, notes: list[str]) -> None:
+    """Give every conformer of ``mol`` its stereoisomer, the canonical isomeric SMILES perceived from its
+    3D structure, as the property ``stereoisomer``; note when the ensemble holds more than one. Elements
+    that the input leaves open but only one configuration can take (bridgeheads) give one isomer, no note."""
+    counts: dict[str, int] = {}
+    for conf in mol.GetConformers():
+        smiles = stereo_smiles(mol, conf.GetId())
+        conf.SetProp("stereoisomer", smiles)
+        counts[smiles] = counts.get(smiles, 0) + 1
+    if len(counts) > 1:
+        notes.append(f"{num_open} stereo element(s) unspecified: each conformer keeps its seed's configuration, "
+                     f"and the {mol.GetNumConformers()} conformers are {len(counts)} stereoisomers "
+                     "(property `stereoisomer`)")
 
 
 def _failed_checks(failed: dict[str, int]) -> str:

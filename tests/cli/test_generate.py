@@ -231,6 +231,14 @@ def test_input_formats_stdin_stdout_and_smiles(tmp_path, model_path, monkeypatch
     assert all(stereo_from_3d(m, -1) == "F/C=C/CCl" for m in mols[:N])
 
 
+def test_each_conformer_of_an_open_stereocentre_names_its_stereoisomer(tmp_path, model_path):
+    out = tmp_path / "out.sdf"
+    assert generate(model_path, "--smiles", "CCC(C)O", "--smiles", "CCO", "-o", str(out)) == 0
+    mols = read_sdf(out)
+    assert all(m.GetProp("stereoisomer") == stereo_from_3d(m, -1) for m in mols[:N])  # read from each 3D structure
+    assert not any(m.HasProp("stereoisomer") for m in mols[N:])  # ethanol leaves nothing open
+
+
 def test_batch_size_does_not_change_the_conformers(tmp_path, model_path):
     (tmp_path / "in.smi").write_text(f"{STEREO_SMILES} a\nCCOc1ccccc1C(N)=O b\n")
     coords = []

@@ -26,7 +26,7 @@ from confdiff.conformers.generator import (
     GenerationError,
     load_model,
 )
-from confdiff.chem.stereo import StereoCheck
+from confdiff.chem.stereo import StereoCheck, stereo_smiles
 from confdiff.chem.validity import ValidityChecker
 from confdiff.nn.score_model import ScoreModel, ScoreModelConfig
 from tests.conformers.oracles import GaussianConformer
@@ -434,6 +434,25 @@ def test_full_mode_samples_the_data_and_keeps_the_input_stereochemistry():
     for conf in result.mol.GetConformers():
         assert stereo_from_3d(result.mol, conf.GetId()) == expected
         assert rdMolAlign.AlignMol(Chem.Mol(result.mol), target, prbCid=conf.GetId()) < 0.3
+
+
+def test_conformers_name_their_stereoisomer_when_the_input_leaves_it_open(model):
+    gen = ConformerGenerator(model, device="cpu", steps=STEPS)
+    mixed = gen.generate_many(["CC(O)C(N)C(C)Cl", "NC12CC3CC(CC(C3)C1)C2", "CCCO"], 10, seed=3)
+    chiral, amantadine, plain = (result.mol for result in mixed)
+    # three open centres: the seeds take several configurations, each conformer names its own
+    names = [conf.GetProp("stereoisomer") for conf in chiral.GetConformers()]
+    assert names == [stereo_smiles(chiral, conf.GetId()) for conf in chiral.GetConformers()]
+    assert len(set(names)) > 1 and all("@" in name for name in names)
+    with pytest.warns(UserWarning, match=f"3 stereo element.*10 conformers are {len(set(names))} stereoisomers"):
+        gen.generate("CC(O)C(N)C(C)Cl", n=10, seed=3)
+    # amantadine's four bridgeheads are open in the SMILES, but only one configuration exists: no warning
+    assert StereoCheck.from_mol(Chem.AddHs(Chem.MolFromSmiles("NC12CC3CC(CC(C3)C1)C2"))).num_open == 4
+    assert len({conf.GetProp("stereoisomer") for conf in amantadine.GetConformers()}) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gen.generate("NC12CC3CC(CC(C3)C1)C2", n=10, seed=3)
+    assert not any(conf.HasProp("stereoisomer") for conf in plain.GetConformers())  # nothing left open
 
 
 def test_full_mode_mirrors_enantiomers_and_drops_other_stereoisomers():
