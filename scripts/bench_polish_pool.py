@@ -14,6 +14,8 @@ candidates ordered by MMFF94 energy, as the generator's diverse selection does:
 - ``both75``: the lowest 75 % of the pool of both versions (``confdiff-polish-both``, ``keep_unpolished``);
 - ``both75_by_well``: the lowest 75 % of the draws by their polished energy (the depth of the well each
   draw is in), then both versions of each kept draw, ordered by that energy.
+- ``drawn75_polished``: ``drawn75``'s choice, each chosen draw then replaced by its polished version (a
+  polish after the selection, which cannot make two chosen draws one; session 15).
 
 Reference sets: ``n = 2K``, COV / MAT at 0.75 A averaged over molecules; ``--bioactive``: ``n = 50``, the
 share of ligands with a conformer within 0.5 / 1 / 2 A of the crystal pose and the median smallest RMSD.
@@ -35,12 +37,12 @@ from confdiff.conformers import evaluation
 from confdiff.conformers.generator import ConformerGenerator, GenerationError
 from confdiff.conformers.physics import MMFFPotential
 
-RULES = ("drawn75", "polished90", "both75", "both75_by_well")
+RULES = ("drawn75", "polished90", "both75", "both75_by_well", "drawn75_polished")
 
 
 def candidates(rule: str, drawn: dict, polished: dict, energy: dict) -> list:
     """Pool keys ``(draw index, polished)`` that ``rule`` offers the farthest-point selection, lowest first."""
-    if rule == "drawn75":
+    if rule in ("drawn75", "drawn75_polished"):
         keys, fraction = [(i, False) for i in drawn], 0.75
     elif rule == "polished90":
         keys, fraction = [(i, True) for i in polished], 0.9
@@ -52,6 +54,14 @@ def candidates(rule: str, drawn: dict, polished: dict, energy: dict) -> list:
         return [(i, flag) for i in kept for flag in (True, False) if (i, flag) in energy]
     keys = sorted(keys, key=energy.get)
     return keys[: int(fraction * len(keys))]
+
+
+def written(rule: str, selected: list, pool: dict) -> list:
+    """The pool keys written for the ``selected`` ones: ``drawn75_polished`` writes each selected draw's
+    polished version where the gate kept one; every other rule writes what it selected."""
+    if rule != "drawn75_polished":
+        return selected
+    return [(i, True) if (i, True) in pool else (i, polished) for i, polished in selected]
 
 
 def main() -> None:
@@ -96,8 +106,10 @@ def main() -> None:
                 mol.AddConformer(conf, assignId=True)
             out = Chem.Mol(mol)
             out.RemoveAllConformers()
-            for cid in farthest_point_conformers(mol, n):
-                out.AddConformer(Chem.Conformer(mol.GetConformer(cid)), assignId=True)
+            for key in written(rule, [chosen[cid] for cid in farthest_point_conformers(mol, n)], pool):
+                conf = Chem.Conformer(mol.GetNumAtoms())
+                conf.SetPositions(pool[key])
+                out.AddConformer(conf, assignId=True)
             distances = rmsd_matrix(list(job.reference), out)
             if args.bioactive:
                 scores[rule].append(float(np.nanmin(distances)))
