@@ -107,10 +107,11 @@ def embed_etkdg(
         raise EmbeddingError(name, "the molecule has no atoms")
     work = Chem.AddHs(mol)
     work.RemoveAllConformers()
-    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, False, timeout, small_ring_torsions)))
+    options = dict(seed=seed, threads=threads, prune_rms=prune_rms, timeout=timeout, small_ring_torsions=small_ring_torsions)
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(random_coords=False, **options)))
     if conf_ids:
         return EmbedResult(work, conf_ids, "etkdg")
-    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(seed, threads, prune_rms, True, timeout, small_ring_torsions)))
+    conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(random_coords=True, **options)))
     if not conf_ids:
         raise EmbeddingError(name, "ETKDGv3 and random-coordinate embedding both failed")
     return EmbedResult(work, conf_ids, _relax_random(work, threads))

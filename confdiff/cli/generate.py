@@ -347,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
             prune_rms=args.prune, energy_window=args.energy_window, max_atoms_per_batch=args.batch_size,
             num_workers=args.num_workers, mode=args.mode, guidance=args.guidance, guidance_scale=args.guidance_scale,
             num_threads=args.threads, validity_gate=not args.no_validity_gate, seed_relax=args.seed_relax,
-            small_ring_torsions=args.small_ring_torsions, oversample=args.oversample, selection=args.select, polish_steps=args.polish_steps,
+            small_ring_torsions=args.small_ring_torsions, oversample=args.oversample, selection=args.select,
+            polish_steps=args.polish_steps,
             diverse_fraction=args.diverse_fraction, keep_unpolished=args.keep_unpolished,
         )
     except (FileNotFoundError, ValueError) as err:

@@ -870,6 +870,7 @@ def generate(
     generator = ConformerGenerator(loaded, device=device, steps=steps, relax=relax, prune_rms=prune_rms, mode=mode,
                                    validity_gate=validity_gate, guidance=guidance, guidance_scale=guidance_scale,
                                    num_threads=num_threads, seed_relax=seed_relax, oversample=oversample,
-                                   small_ring_torsions=small_ring_torsions, selection=selection, polish_steps=polish_steps,
-                                   diverse_fraction=diverse_fraction, keep_unpolished=keep_unpolished)
+                                   small_ring_torsions=small_ring_torsions, selection=selection,
+                                   polish_steps=polish_steps, diverse_fraction=diverse_fraction,
+                                   keep_unpolished=keep_unpolished)
     return generator.generate(mol_or_smiles, n, seed=seed)

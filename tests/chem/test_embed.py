@@ -1,4 +1,5 @@
-"""ETKDGv3 seeds: count, hydrogens, stereochemistry, reproducibility, small-ring torsions, pruning and the fallback path."""
+"""ETKDGv3 seeds: count, hydrogens, stereochemistry, reproducibility, small-ring torsions, pruning and the
+fallback path."""
 
 import time
 
