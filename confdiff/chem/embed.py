@@ -107,7 +107,8 @@ def embed_etkdg(
         raise EmbeddingError(name, "the molecule has no atoms")
     work = Chem.AddHs(mol)
     work.RemoveAllConformers()
-    options = dict(seed=seed, threads=threads, prune_rms=prune_rms, timeout=timeout, small_ring_torsions=small_ring_torsions)
+    options = dict(seed=seed, threads=threads, prune_rms=prune_rms, timeout=timeout,
+                   small_ring_torsions=small_ring_torsions)
     conf_ids = _embedded(work, rdDistGeom.EmbedMultipleConfs(work, n, _params(random_coords=False, **options)))
     if conf_ids:
         return EmbedResult(work, conf_ids, "etkdg")
