@@ -27,6 +27,13 @@ __all__ = [
 ]
 
 
+def _blocks(x: Tensor, irreps: o3.Irreps) -> tuple[Tensor, ...]:
+    """The rows of each irrep block of channels-first ``x (irreps.dim, ...)``, split in one operation: the
+    backward of a split concatenates the blocks' gradients, whereas each slice's would fill a zero tensor
+    of the whole input (most of a training step's time, ``scripts/bench_score_model.py --backward``)."""
+    return x.split([mul * ir.dim for mul, ir in irreps])
+
+
 class GaussianRBF(torch.nn.Module):
     """Gaussian radial basis ``exp(-(d - mu_k)^2 / (2 w^2))``, ``num`` centres evenly in ``[start, stop]``.
 
@@ -62,16 +69,15 @@ class IrrepsLinear(torch.nn.Module):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
-        in_slices = self.irreps_in.slices()
-        # per output block: [(input rows, weight start, weight end, mul_in)], bias start or None
+        # per output block: [(input block, weight block, mul_in)], bias start or None
         self._plan: list[tuple[list, int | None]] = [([], None) for _ in self.irreps_out]
-        num_weights = num_biases = 0
+        self._weight_sizes: list[int] = []
         for i_in, (mul_in, ir_in) in enumerate(self.irreps_in):
             for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
                 if ir_in == ir_out:
-                    size = mul_in * mul_out
-                    self._plan[i_out][0].append((in_slices[i_in], num_weights, num_weights + size, mul_in))
-                    num_weights += size
+                    self._plan[i_out][0].append((i_in, len(self._weight_sizes), mul_in))
+                    self._weight_sizes.append(mul_in * mul_out)
+        num_weights, num_biases = sum(self._weight_sizes), 0
         if bias:
             for i_out, (mul_out, ir_out) in enumerate(self.irreps_out):
                 if ir_out == o3.Irrep("0e"):
@@ -82,11 +88,12 @@ class IrrepsLinear(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         num_nodes = x.shape[1]
+        x_blocks, weights = _blocks(x, self.irreps_in), self.weight.split(self._weight_sizes)
         blocks = []
         for (mul_out, ir_out), (inputs, bias_start) in zip(self.irreps_out, self._plan):
             if inputs:
-                weight = torch.cat([self.weight[a:b].view(m, mul_out) for _, a, b, m in inputs])  # (fan-in, mul_out)
-                rows = [x[sl] for sl, _, _, _ in inputs]
+                weight = torch.cat([weights[w].view(m, mul_out) for _, w, m in inputs])  # (fan-in, mul_out)
+                rows = [x_blocks[i] for i, _, _ in inputs]
                 rows = (rows[0] if len(rows) == 1 else torch.cat(rows)).reshape(-1, ir_out.dim * num_nodes)
                 out = (weight.t() @ rows) * weight.shape[0] ** -0.5  # (mul_out, (2l+1) N)
             else:
@@ -116,8 +123,8 @@ class EquivariantLayerNorm(torch.nn.Module):
         num_nodes = x.shape[1]
         blocks = []
         i_weight = i_bias = 0
-        for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices()):
-            field = x[sl].reshape(mul, ir.dim, num_nodes)
+        for (mul, ir), block in zip(self.irreps_in, _blocks(x, self.irreps_in)):
+            field = block.reshape(mul, ir.dim, num_nodes)
             if ir == o3.Irrep("0e"):
                 field = field - field.mean(dim=0, keepdim=True)
             inv_rms = field.pow(2).mean(dim=(0, 1), keepdim=True).add(self.eps).rsqrt()  # (1, 1, N)
@@ -181,28 +188,27 @@ class DepthwiseTensorProduct(torch.nn.Module):
 
     def forward(self, x: Tensor, sh: Tensor, weight: Tensor | None, num_slots: int | None = None) -> Tensor:
         num_edges = x.shape[1]
-        in_slices, sh_slices = self.irreps_in.slices(), self.irreps_sh.slices()
-        couplings: dict[tuple[int, int, int], Tensor] = {}  # shared by paths with equal (l1, sh block, l3)
+        x_blocks, sh_blocks = _blocks(x, self.irreps_in), _blocks(sh, self.irreps_sh)
+        weights = None if weight is None else weight.split([self.irreps_in[i].mul for i, _, _ in self.instructions])
+        couplings: dict[tuple[int, int, int], tuple] = {}  # shared by paths with equal (l1, sh block, l3)
         outs: list[Tensor] = [x.new_empty(0)] * len(self.irreps_out)
-        offset = 0
         for p, (i_in, i_sh, i_out) in enumerate(self.instructions):
             mul, ir_in = self.irreps_in[i_in]
             d1, d3, l2 = ir_in.dim, self.irreps_out[i_out].ir.dim, self.irreps_sh[i_sh].ir.l
-            xw = x[in_slices[i_in]].reshape(mul, d1, num_edges)
-            if weight is not None:
-                xw = xw * weight[offset : offset + mul, None, :]
-                offset += mul
+            xw = x_blocks[i_in].reshape(mul, d1, num_edges)
+            if weights is not None:
+                xw = xw * weights[p][:, None, :]
             if l2 == 0:  # sqrt(2l+1) C^{l0l}_{i0k} = delta_ik: a product with Y_0
-                out = xw * sh[sh_slices[i_sh]] if weight is None else xw.mul_(sh[sh_slices[i_sh]])
+                out = xw * sh_blocks[i_sh] if weights is None else xw.mul_(sh_blocks[i_sh])
             else:
                 key = (ir_in.l, i_sh, self.irreps_out[i_out].ir.l)
                 if key not in couplings:
                     cg = getattr(self, f"cg_{p}").to(sh.dtype)
-                    couplings[key] = (cg @ sh[sh_slices[i_sh]]).view(d1, d3, num_edges)
-                coupling = couplings[key]
-                out = xw[:, 0, None, :] * coupling[0]
+                    couplings[key] = (cg @ sh_blocks[i_sh]).view(d1, d3, num_edges).unbind(0)
+                coupling, xs = couplings[key], xw.unbind(1)
+                out = xs[0][:, None, :] * coupling[0]
                 for i in range(1, d1):
-                    out.addcmul_(xw[:, i, None, :], coupling[i])
+                    out.addcmul_(xs[i][:, None, :], coupling[i])
             out = out.reshape(mul * d3, num_edges)  # (mul, d3) flattened as e3nn does
             outs[i_out] = out if num_slots is None else out.view(mul * d3, num_slots, -1).sum(dim=1)
         return torch.cat(outs, dim=0)
@@ -261,15 +267,12 @@ class TensorFieldConv(torch.nn.Module):
 
     def gate(self, x: Tensor) -> Tensor:
         """SiLU on 0e, tanh on 0o (odd, so parity is kept), gated irreps times sigmoid(gates)."""
-        blocks = []
-        for (mul, ir), sl in zip(self.scalars, self.scalars.slices()):
-            blocks.append(torch.nn.functional.silu(x[sl]) if ir.p == 1 else torch.tanh(x[sl]))
-        gates = torch.sigmoid(x[self.scalars.dim : self.scalars.dim + self.gated.num_irreps])
-        offset, gated = 0, x[self.scalars.dim + self.gated.num_irreps :]
-        for (mul, ir), sl in zip(self.gated, self.gated.slices()):
-            field = gated[sl].reshape(mul, ir.dim, -1) * gates[offset : offset + mul, None, :]
-            blocks.append(field.view(mul * ir.dim, -1))
-            offset += mul
+        scalars, gates, gated = x.split([self.scalars.dim, self.gated.num_irreps, self.gated.dim])
+        blocks = [torch.nn.functional.silu(block) if ir.p == 1 else torch.tanh(block)
+                  for (_, ir), block in zip(self.scalars, _blocks(scalars, self.scalars))]
+        gates = torch.sigmoid(gates).split([mul for mul, _ in self.gated])
+        for (mul, ir), block, gate in zip(self.gated, _blocks(gated, self.gated), gates):
+            blocks.append((block.reshape(mul, ir.dim, -1) * gate[:, None, :]).view(mul * ir.dim, -1))
         return torch.cat(blocks)
 
     def forward(self, h: Tensor, src: Tensor, sh: Tensor, edge_emb: Tensor) -> Tensor:

@@ -47,7 +47,15 @@ def test_depthwise_tensor_product_equals_e3nn(irreps_sh, dtype):
     sh = torch.randn(50, o3.Irreps(irreps_sh).dim, generator=generator, dtype=dtype)
     weight = torch.randn(50, tp.weight_numel, generator=generator, dtype=dtype)
     out = tp(x.t(), sh.t(), weight.t())
-    torch.testing.assert_close(out.t(), reference(x, sh, weight), atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    expected = reference(x, sh, weight)
+    torch.testing.assert_close(out.t(), expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+    # the gradients too (the blocks are split, not sliced, for a fast backward)
+    cotangent = torch.randn(expected.shape, generator=generator, dtype=dtype)
+    inputs = tuple(v.requires_grad_() for v in (x, sh, weight))
+    ours = torch.autograd.grad(tp(*(v.t() for v in inputs)).t(), inputs, cotangent)
+    theirs = torch.autograd.grad(reference(*inputs), inputs, cotangent)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
     summed = tp(x.t(), sh.t(), weight.t(), num_slots=5)  # 5 slots of 10 receivers
     torch.testing.assert_close(summed, out.view(-1, 5, 10).sum(1), atol=TOLERANCE[dtype], rtol=0)
 
@@ -60,8 +68,14 @@ def test_irreps_linear_equals_e3nn(dtype):
         linear.bias.normal_()
         reference.weight.copy_(linear.weight)
         reference.bias.copy_(linear.bias)
-    x = torch.randn(7, IRREPS.dim)
-    torch.testing.assert_close(linear(x.t()).t(), reference(x), atol=TOLERANCE[dtype], rtol=0)
+    x = torch.randn(7, IRREPS.dim, requires_grad=True)
+    out, expected = linear(x.t()).t(), reference(x)
+    torch.testing.assert_close(out, expected, atol=TOLERANCE[dtype], rtol=0)
+    cotangent = torch.randn(expected.shape)
+    ours = torch.autograd.grad(out, [x, linear.weight, linear.bias], cotangent)
+    theirs = torch.autograd.grad(expected, [x, reference.weight, reference.bias], cotangent)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=TOLERANCE[dtype], rtol=0)
 
 
 def test_linear_and_norm_are_equivariant(dtype):
