@@ -283,8 +283,9 @@ class ScoreModel(torch.nn.Module):
         out = out / count.clamp_min(1).sqrt()  # sum / sqrt(#neighbours)
 
         irreps = self.tor_tp.irreps_out
-        odd = torch.cat([out[sl] for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0o")]).t()
-        even = torch.cat([out[sl] for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e")]).t()
+        blocks = out.split([mul * ir.dim for mul, ir in irreps])
+        odd = torch.cat([block for (_, ir), block in zip(irreps, blocks) if ir == o3.Irrep("0o")]).t()
+        even = torch.cat([block for (_, ir), block in zip(irreps, blocks) if ir == o3.Irrep("0e")]).t()
         gate = self.tor_even(torch.cat([even, bond_s.t()], dim=1))
         score = self.tor_out(torch.tanh(self.tor_odd(odd)) * gate).squeeze(1)  # odd in `odd`: a 0o scalar
         return score * wrapped_normal_score_norm(batch.sigma_tor[graph[u]]).sqrt()
