@@ -16,6 +16,9 @@ candidates ordered by MMFF94 energy, as the generator's diverse selection does:
   draw is in), then both versions of each kept draw, ordered by that energy.
 - ``drawn75_polished``: ``drawn75``'s choice, each chosen draw then replaced by its polished version (a
   polish after the selection, which cannot make two chosen draws one; session 15).
+- ``drawn75_polished_near25`` / ``_near50``: the same, but a chosen draw keeps its polished version only
+  where the polish moved it by at most 0.25 / 0.5 A (heavy-atom RMSD): a polish that cleans the local
+  geometry is kept, one that carries the draw into another well is not (session 16).
 
 Reference sets: ``n = 2K``, COV / MAT at 0.75 A averaged over molecules; ``--bioactive``: ``n = 50``, the
 share of ligands with a conformer within 0.5 / 1 / 2 A of the crystal pose and the median smallest RMSD.
@@ -37,12 +40,14 @@ from confdiff.conformers import evaluation
 from confdiff.conformers.generator import ConformerGenerator, GenerationError
 from confdiff.conformers.physics import MMFFPotential
 
-RULES = ("drawn75", "polished90", "both75", "both75_by_well", "drawn75_polished")
+RULES = ("drawn75", "polished90", "both75", "both75_by_well", "drawn75_polished", "drawn75_polished_near25",
+         "drawn75_polished_near50")
+NEAR = {"drawn75_polished": np.inf, "drawn75_polished_near25": 0.25, "drawn75_polished_near50": 0.5}  # A
 
 
 def candidates(rule: str, drawn: dict, polished: dict, energy: dict) -> list:
     """Pool keys ``(draw index, polished)`` that ``rule`` offers the farthest-point selection, lowest first."""
-    if rule in ("drawn75", "drawn75_polished"):
+    if rule == "drawn75" or rule in NEAR:
         keys, fraction = [(i, False) for i in drawn], 0.75
     elif rule == "polished90":
         keys, fraction = [(i, True) for i in polished], 0.9
@@ -56,12 +61,28 @@ def candidates(rule: str, drawn: dict, polished: dict, energy: dict) -> list:
     return keys[: int(fraction * len(keys))]
 
 
-def written(rule: str, selected: list, pool: dict) -> list:
-    """The pool keys written for the ``selected`` ones: ``drawn75_polished`` writes each selected draw's
-    polished version where the gate kept one; every other rule writes what it selected."""
-    if rule != "drawn75_polished":
+def written(rule: str, selected: list, pool: dict, moved: dict) -> list:
+    """The pool keys written for the ``selected`` ones: the ``drawn75_polished`` rules write each selected
+    draw's polished version where the gate kept one and the polish moved the draw (``moved[i]``, A) by at
+    most the rule's limit; every other rule writes what it selected."""
+    if rule not in NEAR:
         return selected
-    return [(i, True) if (i, True) in pool else (i, polished) for i, polished in selected]
+    return [(i, True) if (i, True) in pool and moved[i] <= NEAR[rule] else (i, polished) for i, polished in selected]
+
+
+def polish_moves(template: Chem.Mol, drawn: dict, polished: dict) -> dict:
+    """Heavy-atom RMSD (A) between each draw with both versions and its polished version."""
+    both = sorted(set(drawn) & set(polished))
+    pair = []
+    for versions in (drawn, polished):
+        mol = Chem.Mol(template)
+        mol.RemoveAllConformers()
+        for i in both:
+            conf = Chem.Conformer(mol.GetNumAtoms())
+            conf.SetPositions(versions[i])
+            mol.AddConformer(conf, assignId=True)
+        pair.append(mol)
+    return dict(zip(both, np.diag(rmsd_matrix(*pair)).tolist())) if both else {}
 
 
 def main() -> None:
@@ -96,6 +117,7 @@ def main() -> None:
         except ValueError:  # no MMFF94 parameters: draw order
             values = torch.arange(len(keys), dtype=torch.float64)
         energy = dict(zip(keys, values.tolist()))
+        moved = polish_moves(runs[0], drawn, polished)
         for rule in RULES:
             chosen = candidates(rule, drawn, polished, energy)
             mol = Chem.Mol(runs[0])
@@ -106,7 +128,7 @@ def main() -> None:
                 mol.AddConformer(conf, assignId=True)
             out = Chem.Mol(mol)
             out.RemoveAllConformers()
-            for key in written(rule, [chosen[cid] for cid in farthest_point_conformers(mol, n)], pool):
+            for key in written(rule, [chosen[cid] for cid in farthest_point_conformers(mol, n)], pool, moved):
                 conf = Chem.Conformer(mol.GetNumAtoms())
                 conf.SetPositions(pool[key])
                 out.AddConformer(conf, assignId=True)

@@ -1,5 +1,9 @@
 """scripts/bench_polish_pool.py: the candidates each rule offers the farthest-point selection."""
 
+from rdkit import Chem
+from rdkit.Chem import AllChem
+
+from confdiff.chem.metrics import best_rms
 from tests.scripts import load_script
 
 bench = load_script("bench_polish_pool")
@@ -23,5 +27,22 @@ def test_rules_order_and_cut_the_pool():
 
 def test_the_polish_after_the_selection_writes_the_polished_versions_where_there_are_any():
     pool = {(0, False): None, (0, True): None, (3, False): None}
-    assert bench.written("drawn75_polished", [(0, False), (3, False)], pool) == [(0, True), (3, False)]
-    assert bench.written("drawn75", [(0, False), (3, False)], pool) == [(0, False), (3, False)]
+    moved = {0: 0.4}
+    assert bench.written("drawn75_polished", [(0, False), (3, False)], pool, moved) == [(0, True), (3, False)]
+    assert bench.written("drawn75", [(0, False), (3, False)], pool, moved) == [(0, False), (3, False)]
+    # a polish that moved the draw by more than the limit is not written
+    assert bench.written("drawn75_polished_near50", [(0, False), (3, False)], pool, moved) == [(0, True), (3, False)]
+    assert bench.written("drawn75_polished_near25", [(0, False), (3, False)], pool, moved) == [(0, False), (3, False)]
+
+
+def test_polish_moves_are_heavy_atom_rmsds_of_each_draw_against_its_polish():
+    mol = Chem.AddHs(Chem.MolFromSmiles("OCCCCCCN"))
+    AllChem.EmbedMultipleConfs(mol, 4, randomSeed=42)  # RDKit: seed 0 gives identical conformers
+    positions = [c.GetPositions() for c in mol.GetConformers()]
+    moved = bench.polish_moves(mol, {0: positions[0], 1: positions[1], 2: positions[2]},
+                               {0: positions[0], 1: positions[3]})
+    assert set(moved) == {0, 1}  # draw 2 has no polished version
+    assert moved[0] < 1e-6
+    expected = best_rms(mol, mol, 1, 3)
+    assert expected > 0.1
+    assert abs(moved[1] - expected) < 1e-4
