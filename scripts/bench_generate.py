@@ -2,6 +2,7 @@
 
     python scripts/bench_generate.py                       # data/examples/molecules.sdf, n=50, 20 steps
     python scripts/bench_generate.py -n 100 --steps 10 --model run/conformer_model.pt
+    python scripts/bench_generate.py --oversample 1 --steps 10 --sampler ddim   # the fast recipe (README)
     python scripts/bench_generate.py --large               # a 151-heavy-atom molecule with n=500
     python scripts/bench_generate.py --parallel 2 --threads 0   # 2 confdiff processes side by side, torch's threads
     python scripts/bench_generate.py --mode refine         # the refine sampling mode
@@ -115,8 +116,8 @@ def run_confdiff(args) -> dict:
     large = args.child == "large"
     per_seed = {"conformers_per_seed": args.large_conformers_per_seed} if large else {}  # else the default
     generator = conformers.ConformerGenerator(
-        model, device="cpu", steps=args.steps, max_atoms_per_batch=args.batch_size, num_threads=args.threads or None,
-        oversample=args.oversample, mode=args.mode, polish_steps=args.polish_steps,
+        model, device="cpu", steps=args.steps, sampler=args.sampler, max_atoms_per_batch=args.batch_size,
+        num_threads=args.threads or None, oversample=args.oversample, mode=args.mode, polish_steps=args.polish_steps,
         keep_unpolished=args.keep_unpolished, **per_seed)
     mols, n = ([_large_molecule()], args.large_n) if large else (_molecules(args.molecules), args.n)
     next(generator.generate_many(["CCO"], 2, seed=0))  # build lazy tables outside the measurement
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--molecules", default=str(REPO / "data" / "examples" / "molecules.sdf"))
     parser.add_argument("-n", type=int, default=50, help="conformers per molecule")
     parser.add_argument("--steps", type=int, default=None, help="reverse-diffusion steps (default: the mode's)")
+    parser.add_argument("--sampler", default="euler_maruyama", help="a sampler of confdiff.diffusion.samplers.SAMPLERS")
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped, else random default config)")
     parser.add_argument("--oversample", type=float, default=None, help="draws per conformer (default: the generator's)")
     parser.add_argument("--mode", default=DEFAULT_MODE, choices=MODES, help="the generator's sampling mode")
@@ -224,7 +226,7 @@ def main() -> None:
 
     results = {"etkdg": _child("etkdg"), "confdiff": _child("confdiff", args.parallel)}
     print(f"{len(_molecules(args.molecules))} molecules from {args.molecules}, n={args.n}, "
-          f"steps={args.steps or 'default'}, "
+          f"steps={args.steps or 'default'} ({args.sampler}), "
           f"--batch-size {args.batch_size} atoms, confdiff: {args.parallel} process(es), "
           f"{args.threads or 'default'} torch thread(s), mode {args.mode}, "
           f"polish steps {args.polish_steps}{' (keeping the unpolished draws)' if args.keep_unpolished else ''}")
