@@ -70,19 +70,24 @@ def written(rule: str, selected: list, pool: dict, moved: dict) -> list:
     return [(i, True) if (i, True) in pool and moved[i] <= NEAR[rule] else (i, polished) for i, polished in selected]
 
 
+def with_conformers(template: Chem.Mol, positions: list) -> Chem.Mol:
+    """A copy of ``template`` whose conformers are ``positions`` (each (N, 3)), in order."""
+    mol = Chem.Mol(template)
+    mol.RemoveAllConformers()
+    for xyz in positions:
+        conf = Chem.Conformer(mol.GetNumAtoms())
+        conf.SetPositions(xyz)
+        mol.AddConformer(conf, assignId=True)
+    return mol
+
+
 def polish_moves(template: Chem.Mol, drawn: dict, polished: dict) -> dict:
     """Heavy-atom RMSD (A) between each draw with both versions and its polished version."""
     both = sorted(set(drawn) & set(polished))
-    pair = []
-    for versions in (drawn, polished):
-        mol = Chem.Mol(template)
-        mol.RemoveAllConformers()
-        for i in both:
-            conf = Chem.Conformer(mol.GetNumAtoms())
-            conf.SetPositions(versions[i])
-            mol.AddConformer(conf, assignId=True)
-        pair.append(mol)
-    return dict(zip(both, np.diag(rmsd_matrix(*pair)).tolist())) if both else {}
+    if not both:
+        return {}
+    pair = [with_conformers(template, [versions[i] for i in both]) for versions in (drawn, polished)]
+    return dict(zip(both, np.diag(rmsd_matrix(*pair)).tolist()))
 
 
 def main() -> None:
@@ -120,18 +125,9 @@ def main() -> None:
         moved = polish_moves(runs[0], drawn, polished)
         for rule in RULES:
             chosen = candidates(rule, drawn, polished, energy)
-            mol = Chem.Mol(runs[0])
-            mol.RemoveAllConformers()
-            for key in chosen:
-                conf = Chem.Conformer(mol.GetNumAtoms())
-                conf.SetPositions(pool[key])
-                mol.AddConformer(conf, assignId=True)
-            out = Chem.Mol(mol)
-            out.RemoveAllConformers()
-            for key in written(rule, [chosen[cid] for cid in farthest_point_conformers(mol, n)], pool, moved):
-                conf = Chem.Conformer(mol.GetNumAtoms())
-                conf.SetPositions(pool[key])
-                out.AddConformer(conf, assignId=True)
+            mol = with_conformers(runs[0], [pool[key] for key in chosen])
+            selected = [chosen[cid] for cid in farthest_point_conformers(mol, n)]
+            out = with_conformers(runs[0], [pool[key] for key in written(rule, selected, pool, moved)])
             distances = rmsd_matrix(list(job.reference), out)
             if args.bioactive:
                 scores[rule].append(float(np.nanmin(distances)))
